@@ -1,0 +1,22 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Every install goes through constraints.txt so that pip can never swap torch.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test clean-venv
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,examples]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) examples/demo.py --out outputs/demo.png
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

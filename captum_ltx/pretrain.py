@@ -1,0 +1,281 @@
+"""Pretraining of an LTX explainer over a data set (the reference's "pLTX" stage)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from tqdm.auto import tqdm
+
+from ._model import black_in_input_space, check_normalization, eval_mode, normalization_of
+from ._validation import check_choice, check_images, check_positive_int
+from .explainer import Explainer
+from .metrics.perturbation import perturbation_auc
+from .objective import LTXObjective
+
+STATE_NAME = "state.json"
+OPTIMIZER_NAME = "optimizer.safetensors"
+
+
+def _as_dataset(data: Any, name: str) -> Dataset:
+    if isinstance(data, Tensor):
+        check_images(data, name=name)
+        return TensorDataset(data)
+    if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
+        return data
+    raise TypeError(f"`{name}` must be a tensor of images or a Dataset of images or (image, label) pairs, got {type(data).__name__}")
+
+
+def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, (list, tuple)):
+        return batch[0], (batch[1] if len(batch) > 1 else None)
+    raise TypeError(f"data items must be images or (image, label) pairs, got {type(batch).__name__}")
+
+
+def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str) -> Tensor:
+    if target == "label":
+        if labels is None:
+            raise ValueError("`target='label'` needs (image, label) items; use target='predicted' for unlabelled data")
+        return labels.to(x.device).long()
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def _distributed() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> list[dict[str, Any]]:
+    from safetensors.torch import save_file
+
+    state = optimizer.state_dict()
+    tensors = {
+        f"{index}.{key}": (value if isinstance(value, Tensor) else torch.tensor(value)).detach().cpu().contiguous()
+        for index, entries in state["state"].items()
+        for key, value in entries.items()
+    }
+    save_file(tensors, path)
+    return state["param_groups"]
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: str, param_groups: list[dict[str, Any]]) -> None:
+    from safetensors.torch import load_file
+
+    entries: dict[int, dict[str, Tensor]] = {}
+    for name, value in load_file(path).items():
+        index, key = name.split(".", 1)
+        entries.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": param_groups})
+
+
+def _atomic_json(obj: Any, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def validation_pos_auc(
+    model: nn.Module, explainer: Explainer, data: Dataset, *, batch_size: int, target: str, fill: Tensor | None = None, device: Any = None
+) -> float:
+    """Mean positive-perturbation AUC (accuracy, lower is better) of the explainer's masks on ``data``."""
+    rank, world = _distributed()
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, sampler=DistributedSampler(data, shuffle=False) if world > 1 else None)
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        for batch in loader:
+            x, labels = _split_batch(batch)
+            x = x.to(device)
+            t = _targets(model, x, labels, target)
+            aucs = perturbation_auc(model, x, explainer(x), t, order="positive", baseline=fill)
+            total += torch.stack([aucs.sum().double(), torch.tensor(float(len(aucs)), dtype=torch.float64, device=device)])
+    if world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1]).item()
+
+
+def pretrain(
+    model: nn.Module,
+    train_data: Any,
+    *,
+    val_data: Any = None,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    weight_decay: float = 0.01,
+    warmup: float = 0.2,
+    mask_weight: float = 30.0,
+    counterfactual: bool = False,
+    target: str = "label",
+    explainer: Explainer | None = None,
+    explainer_options: dict[str, Any] | None = None,
+    normalization: Any = None,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Explainer:
+    r"""Pretrains an LTX explainer for ``model`` and returns the one of the best epoch.
+
+    Every step minimises :class:`~captum_ltx.LTXObjective` over a batch with AdamW and a linear
+    warm-up then linear decay of the learning rate. After each epoch the explainer is scored on
+    ``val_data`` by its mean positive-perturbation AUC (lower is better) and the best epoch is kept, as
+    in the reference; without ``val_data`` the last epoch is kept.
+
+    With ``checkpoint_dir``, each epoch writes ``last/`` and ``best/`` (explainer checkpoints), the
+    optimiser state (safetensors) and ``state.json``; a later call with ``resume=True`` continues after
+    the last finished epoch with identical shuffling. Under ``torchrun`` (an initialised
+    ``torch.distributed`` process group) each process takes a shard of every epoch, gradients are
+    averaged across processes and rank 0 writes the checkpoints.
+
+    Args:
+        model (nn.Module): the explained classifier, on the device to train on; it is not changed.
+        train_data: a tensor of images, or a Dataset of images or (image, label) pairs, as the model
+            takes them (normalised).
+        val_data: the same, for choosing the epoch.
+        epochs, batch_size, lr, weight_decay: training settings; ``warmup`` is the warm-up fraction.
+        mask_weight, counterfactual: the objective (see :class:`~captum_ltx.LTXObjective`).
+        target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints) or
+            ``"predicted"`` (the model's top class).
+        explainer (Explainer, optional): where to start; default :meth:`Explainer.from_model`
+            with ``explainer_options``.
+        normalization (tuple, optional): (mean, std) of the inputs; default the model's timm config.
+        checkpoint_dir (str, optional): folder for resumable checkpoints.
+        seed (int): seeds the shuffling and the head's initialisation.
+
+    Returns:
+        The :class:`~captum_ltx.Explainer` of the best epoch, with its settings in ``config["training"]``.
+
+    Example::
+
+        >>> explainer = pretrain(model, train_set, val_data=val_set, epochs=5, checkpoint_dir="ckpt")
+        >>> explainer.save("model-ltx"); attr = LTX(model, "model-ltx").attribute(x, target=c)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    check_positive_int(epochs, "epochs")
+    check_positive_int(batch_size, "batch_size")
+    check_choice(target, "target", ("label", "predicted"))
+    if not 0 <= warmup < 1:
+        raise ValueError(f"`warmup` must be a fraction in [0, 1), got {warmup!r}")
+    train_set = _as_dataset(train_data, "train_data")
+    val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
+    if len(train_set) == 0:
+        raise ValueError("`train_data` is empty")
+    rank, world = _distributed()
+    device = next(model.parameters()).device
+    norm = check_normalization(normalization) if normalization is not None else normalization_of(model)
+
+    first, _ = _split_batch(train_set[0])
+    if explainer is None:
+        options = dict(explainer_options or {})
+        options.setdefault("input_size", tuple(first.shape))
+        options.setdefault("seed", seed)
+        if norm is not None:
+            options.setdefault("normalization", norm)
+        explainer = Explainer.from_model(model, **options)
+    explainer.to(device)
+    settings = dict(
+        epochs=epochs, batch_size=batch_size * world, lr=lr, weight_decay=weight_decay, warmup=warmup,
+        mask_weight=mask_weight, counterfactual=counterfactual, target=target, seed=seed,
+        train_size=len(train_set), val_size=len(val_set) if val_set is not None else 0,
+    )
+    objective = LTXObjective(mask_weight=mask_weight, counterfactual=counterfactual)
+    params = [p for p in explainer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if world > 1 else None
+    steps_per_epoch = -(-len(sampler if sampler else train_set) // batch_size)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = int(warmup * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: (step + 1) / warmup_steps if step < warmup_steps else max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)),
+    )
+    fill = black_in_input_space(norm, first.unsqueeze(0).to(device))
+
+    state: dict[str, Any] = {"epoch": 0, "best_epoch": None, "best_val_pos_auc": None, "history": [], "settings": settings}
+    best_state = None
+    ckpt = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt and resume and os.path.isfile(os.path.join(ckpt, STATE_NAME)):
+        with open(os.path.join(ckpt, STATE_NAME)) as f:
+            saved = json.load(f)
+        if saved["settings"] != settings:
+            raise ValueError(
+                f"`checkpoint_dir` {ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
+            )
+        state = saved
+        explainer.load_state_dict(Explainer.load(os.path.join(ckpt, "last"), model).state_dict())
+        _load_optimizer(optimizer, os.path.join(ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"])
+        scheduler.load_state_dict(saved["scheduler"])
+        if saved["best_epoch"] is not None:
+            best_state = Explainer.load(os.path.join(ckpt, "best"), model).state_dict()
+
+    with eval_mode(model):
+        for epoch in range(state["epoch"], epochs):
+            explainer.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            loader = DataLoader(
+                train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=num_workers,
+                generator=torch.Generator().manual_seed(seed + epoch), drop_last=False,
+            )
+            bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0, leave=False)
+            running = 0.0
+            for i, batch in enumerate(bar):
+                x, labels = _split_batch(batch)
+                x = x.to(device)
+                t = _targets(model, x, labels, target)
+                mask, low_res = explainer(x, return_low_res=True)
+                loss = objective(model, x, mask, low_res, t, fill).mean()
+                # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for p, g in zip(params, grads):
+                    if world > 1 and g is not None:
+                        dist.all_reduce(g)
+                        g /= world
+                    p.grad = g
+                optimizer.step()
+                scheduler.step()
+                running += loss.item()
+                bar.set_postfix(loss=f"{running / (i + 1):.4f}")
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running / max(1, len(loader))}
+            explainer.eval()
+            improved = val_set is None
+            if val_set is not None:
+                record["val_pos_auc"] = validation_pos_auc(model, explainer, val_set, batch_size=batch_size, target=target, fill=fill, device=device)
+                improved = state["best_val_pos_auc"] is None or record["val_pos_auc"] < state["best_val_pos_auc"]
+            if improved:
+                state["best_epoch"], state["best_val_pos_auc"] = epoch + 1, record.get("val_pos_auc")
+                best_state = {k: v.detach().cpu().clone() for k, v in explainer.state_dict().items()}
+            state["history"].append(record)
+            state["epoch"] = epoch + 1
+            if rank == 0 and progress:
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+            if ckpt and rank == 0:
+                _write_checkpoint(ckpt, explainer, best_state, optimizer, scheduler, state, settings)
+
+    explainer.load_state_dict(best_state)
+    explainer.config["training"] = dict(settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
+    return explainer.cpu().eval()
+
+
+def _write_checkpoint(
+    ckpt: str, explainer: Explainer, best_state: dict[str, Tensor] | None, optimizer: torch.optim.Optimizer,
+    scheduler: Any, state: dict[str, Any], settings: dict[str, Any],
+) -> None:
+    os.makedirs(ckpt, exist_ok=True)
+    explainer.save(os.path.join(ckpt, "last"))
+    if best_state is not None and state["best_epoch"] == state["epoch"]:
+        explainer.save(os.path.join(ckpt, "best"))
+    state = dict(state, optimizer_param_groups=_save_optimizer(optimizer, os.path.join(ckpt, OPTIMIZER_NAME)), scheduler=scheduler.state_dict())
+    _atomic_json(state, os.path.join(ckpt, STATE_NAME))

@@ -1,0 +1,165 @@
+import pytest
+import torch
+from captum.attr import NoiseTunnel
+from captum.metrics import sensitivity_max
+
+from captum_ltx import LTX, LTXAttribution
+from conftest import IMAGE, NUM_CLASSES, assert_unchanged, snapshot, tiny_cnn, tiny_vit
+
+STEPS = 3
+
+
+def test_alias_and_captum_contract(model):
+    ltx = LTX(model)
+    assert LTX is LTXAttribution
+    assert LTX.get_name() == "LTX"
+    assert ltx.has_convergence_delta() is False
+    assert ltx.multiplies_by_inputs is False
+    assert hasattr(ltx.attribute, "__wrapped__")
+
+
+def test_shape_range_and_mask_repeated_over_channels(model, images):
+    attr = LTX(model, finetune_steps=STEPS).attribute(images, target=1)
+    assert attr.shape == images.shape and attr.dtype == images.dtype
+    assert attr.min() >= 0 and attr.max() <= 1
+    assert torch.equal(attr[:, 0], attr[:, 1]) and torch.equal(attr[:, 0], attr[:, 2])
+    assert not attr.requires_grad
+
+
+@pytest.mark.parametrize(
+    "target",
+    [2, [0, 3, 4], torch.tensor([0, 3, 4]), torch.tensor(2), torch.tensor([2]), None],
+    ids=["int", "list", "tensor1d", "tensor0d", "tensor1", "none"],
+)
+def test_every_target_form(target, images):
+    model = tiny_cnn()
+    ltx = LTX(model, finetune_steps=STEPS)
+    attr = ltx.attribute(images, target=target)
+    if target is None:
+        expected = model(images).argmax(dim=1).tolist()
+    elif isinstance(target, int) or (isinstance(target, torch.Tensor) and target.numel() == 1):
+        expected = [int(target)] * len(images)
+    else:
+        expected = list(map(int, target))
+    reference = torch.cat([ltx.attribute(images[i : i + 1], target=expected[i]) for i in range(len(images))])
+    torch.testing.assert_close(attr, reference)
+
+
+def test_target_changes_the_explanation(images):
+    ltx = LTX(tiny_cnn(), finetune_steps=STEPS)
+    assert not torch.allclose(ltx.attribute(images, target=0), ltx.attribute(images, target=3))
+
+
+def test_tuple_inputs_come_back_as_tuple(images):
+    ltx = LTX(tiny_vit(), finetune_steps=STEPS)
+    out = ltx.attribute((images,), target=1)
+    assert isinstance(out, tuple) and len(out) == 1
+    torch.testing.assert_close(out[0], ltx.attribute(images, target=1))
+
+
+def test_batch_equals_one_by_one(model, images):
+    ltx = LTX(model, finetune_steps=STEPS)
+    batch = ltx.attribute(images, target=[1, 2, 3])
+    single = torch.cat([ltx.attribute(images[i : i + 1], target=i + 1) for i in range(3)])
+    torch.testing.assert_close(batch, single)
+    pltx_batch = ltx.attribute(images, target=1, finetune_steps=0)
+    pltx_single = torch.cat([ltx.attribute(images[i : i + 1], target=1, finetune_steps=0) for i in range(3)])
+    torch.testing.assert_close(pltx_batch, pltx_single, atol=1e-5, rtol=1e-5)
+
+
+def test_deterministic_across_instances_and_calls(images):
+    first = LTX(tiny_vit(), finetune_steps=STEPS).attribute(images, target=1)
+    second = LTX(tiny_vit(), finetune_steps=STEPS).attribute(images, target=1)
+    assert torch.equal(first, second)
+    ltx = LTX(tiny_vit(), finetune_steps=STEPS)
+    assert torch.equal(ltx.attribute(images, target=1), ltx.attribute(images, target=1))
+
+
+def test_model_and_explainer_unchanged(model, images):
+    model.train()  # a caller's mode must come back as it was
+    for p in list(model.parameters())[:2]:
+        p.requires_grad_(False)
+    first = next(p for p in model.parameters() if p.requires_grad)
+    first.grad = torch.ones_like(first)
+    handle = model.register_forward_hook(lambda *a: None)
+    before = snapshot(model)
+    ltx = LTX(model, finetune_steps=STEPS)
+    ltx.attribute(images, target=2)
+    explainer_before = {k: v.clone() for k, v in ltx.explainer.state_dict().items()}
+    ltx.attribute(images, target=[0, 1, 2])
+    assert_unchanged(before, model)
+    for k, v in ltx.explainer.state_dict().items():
+        assert torch.equal(v, explainer_before[k]), k
+    handle.remove()
+
+
+def test_caller_under_no_grad(images):
+    ltx = LTX(tiny_cnn(), finetune_steps=STEPS)
+    expected = ltx.attribute(images, target=1)
+    with torch.no_grad():
+        torch.testing.assert_close(ltx.attribute(images, target=1), expected)
+
+
+def test_noise_tunnel_and_sensitivity_max(images):
+    ltx = LTX(tiny_cnn(), finetune_steps=2)
+    nt = NoiseTunnel(ltx).attribute(images[:2], nt_samples=2, stdevs=0.1, target=[1, 2])
+    assert nt.shape == images[:2].shape and torch.isfinite(nt).all()
+    sens = sensitivity_max(ltx.attribute, images[:2], target=[1, 2], n_perturb_samples=2)
+    assert sens.shape == (2,) and torch.isfinite(sens).all() and (sens >= 0).all()
+
+
+def test_finetuning_lowers_the_objective(images):
+    model = tiny_cnn()
+    x = images[:1]
+    ltx = LTX(model, finetune_steps=20, selection="last", lr=1e-2)
+    losses = []
+    for steps in (0, 20):
+        mask = ltx.attribute(x, target=1, finetune_steps=steps)[:, :1]
+        low_res = torch.nn.functional.adaptive_avg_pool2d(mask, ltx.explainer.config["mask_size"])
+        losses.append(ltx.objective(model, x, mask, low_res, torch.tensor([1]), torch.tensor(-1.0)).item())
+    assert losses[1] < losses[0]
+
+
+@pytest.mark.parametrize("selection", ["loss", "last", "pos_auc"])
+def test_selection_modes_and_counterfactual(selection, images):
+    ltx = LTX(tiny_cnn(), finetune_steps=STEPS, selection=selection, counterfactual=True)
+    attr = ltx.attribute(images[:2], target=1)
+    assert attr.shape == images[:2].shape and 0 <= attr.min() <= attr.max() <= 1
+
+
+def test_finetune_head_only_keeps_backbone(images):
+    ltx = LTX(tiny_cnn(), finetune_steps=STEPS, finetune="head")
+    head_only = ltx.attribute(images[:1], target=1)
+    full = LTX(tiny_cnn(), finetune_steps=STEPS).attribute(images[:1], target=1)
+    assert not torch.allclose(head_only, full)
+
+
+def test_baselines_and_additional_forward_args(images):
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_cnn()
+
+        def forward(self, x, scale):
+            return self.net(x) * scale.view(-1, 1)
+
+    model = Scaled().eval()
+    ltx = LTX(model, finetune_steps=STEPS, explainer_options={"input_size": (3, IMAGE, IMAGE), "feature_layer": "net.layer4"})
+    scale = torch.tensor([1.0, 2.0, 0.5])
+    batch = ltx.attribute(images, target=1, baselines=0.5, additional_forward_args=(scale,))
+    single = torch.cat([
+        ltx.attribute(images[i : i + 1], target=1, baselines=0.5, additional_forward_args=(scale[i : i + 1],)) for i in range(3)
+    ])
+    torch.testing.assert_close(batch, single)
+    assert not torch.allclose(batch, ltx.attribute(images, target=1, baselines=torch.zeros(3), additional_forward_args=(scale,)))
+
+
+def test_plain_function_needs_an_explainer(images):
+    model = tiny_cnn()
+    with pytest.raises(TypeError, match="explainer"):
+        LTX(lambda x: model(x))
+    ltx = LTX(model)
+    ltx.attribute(images[:1], target=0, finetune_steps=0)
+    attr = LTX(lambda x: model(x), ltx.explainer, finetune_steps=1).attribute(images[:1], target=0)
+    assert attr.shape == images[:1].shape
+    assert NUM_CLASSES == model(images[:1]).shape[1]
