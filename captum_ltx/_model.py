@@ -72,7 +72,13 @@ def architecture_fingerprint(model: nn.Module) -> str:
 def num_classes_of(forward_func: Callable[..., Any], x: Tensor, args: tuple[Any, ...]) -> tuple[int, Tensor]:
     """Runs ``forward_func`` once without gradients; returns (number of classes, predicted class per image)."""
     with torch.no_grad():
-        logits = forward_func(x, *args)
+        try:
+            logits = forward_func(x, *args)
+        except RuntimeError as e:
+            raise ValueError(
+                f"`inputs` of shape {tuple(x.shape)} could not be run through the model (wrong channel count or "
+                f"size?): {str(e).splitlines()[0]}"
+            ) from e
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"`forward_func` must return logits of shape (B, num_classes) for B = {x.shape[0]}, got {shape}")

@@ -25,7 +25,7 @@ from ._validation import (
 )
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import LTXObjective
+from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
 
 SELECTIONS = ("loss", "last", "pos_auc")
 FINETUNED_PARTS = ("all", "head")
@@ -84,7 +84,7 @@ class LTXAttribution(Attribution):
         finetune_steps: int = 25,
         lr: float = 2e-3,
         weight_decay: float = 0.01,
-        mask_weight: float = 30.0,
+        mask_weight: float = DEFAULT_MASK_WEIGHT,
         counterfactual: bool = False,
         normalization: Any = None,
         selection: str = "loss",
@@ -165,6 +165,8 @@ class LTXAttribution(Attribution):
         steps = self.finetune_steps if finetune_steps is None else check_positive_int(
             finetune_steps, "finetune_steps", allow_zero=True
         )
+        if self.explainer is not None:
+            check_images(x, channels=self.explainer.config["input_size"][0])
         args = format_forward_args(additional_forward_args)
         batch = x.shape[0]
         with eval_mode(self.forward_func):
@@ -199,9 +201,6 @@ class LTXAttribution(Attribution):
             if self.normalization is not None:
                 options.setdefault("normalization", self.normalization)
             self.explainer = Explainer.from_model(self.forward_func, **options)
-        expected = self.explainer.config["input_size"][0]
-        if x.shape[1] != expected:
-            raise ValueError(f"`inputs` must have {expected} channels (dim 1) as the explainer expects, got {x.shape[1]}")
         if self._work is None:
             self._work = copy.deepcopy(self.explainer)
         self._work.to(x.device)

@@ -16,7 +16,7 @@ from ._model import black_in_input_space, check_normalization, eval_mode, normal
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import LTXObjective
+from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -113,7 +113,7 @@ def pretrain(
     lr: float = 2e-3,
     weight_decay: float = 0.01,
     warmup: float = 0.2,
-    mask_weight: float = 30.0,
+    mask_weight: float = DEFAULT_MASK_WEIGHT,
     counterfactual: bool = False,
     target: str = "label",
     explainer: Explainer | None = None,

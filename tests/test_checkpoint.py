@@ -1,0 +1,76 @@
+import json
+import os
+
+import pytest
+import torch
+
+from captum_ltx import LTX, Explainer
+from conftest import IMAGE, plain_cnn, tiny_cnn, tiny_vit
+
+
+@pytest.mark.parametrize("make", [tiny_vit, tiny_cnn, plain_cnn], ids=["vit", "cnn", "plain"])
+def test_round_trip(make, tmp_path, images):
+    model = make()
+    explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), seed=3)
+    explainer.config["training"] = {"epochs": 1}
+    explainer.save(tmp_path / "ckpt")
+    assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "explainer.safetensors"]
+    loaded = Explainer.load(tmp_path / "ckpt", model)
+    assert loaded.config == json.loads(json.dumps(explainer.config))
+    for (k, a), (k2, b) in zip(explainer.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(explainer(images), loaded(images))
+    from_path = LTX(model, str(tmp_path / "ckpt"), finetune_steps=2).attribute(images, target=1)
+    from_object = LTX(model, explainer, finetune_steps=2).attribute(images, target=1)
+    torch.testing.assert_close(from_path, from_object)
+
+
+def test_heads_and_mask_size():
+    vit = Explainer.from_model(tiny_vit(), input_size=(3, IMAGE, IMAGE))
+    assert vit.config["head"] == "mlp" and vit.config["mask_size"] == [4, 4]
+    assert vit.config["features"]["layout"] == "tokens" and vit.config["features"]["num_prefix_tokens"] == 1
+    cnn = Explainer.from_model(tiny_cnn(), input_size=(3, IMAGE, IMAGE))
+    assert cnn.config["head"] == "conv" and cnn.config["mask_size"] == [4, 4]
+    plain = Explainer.from_model(plain_cnn(), input_size=(3, IMAGE, IMAGE))
+    assert plain.config["features"] == {"access": "hook", "layer": "features", "layout": "NCHW", "num_prefix_tokens": 0, "channels": 16}
+
+
+def test_backbone_by_timm_name(tmp_path, images):
+    model = tiny_cnn()
+    explainer = Explainer.from_model(model, backbone="test_efficientnet", input_size=(3, IMAGE, IMAGE))
+    assert explainer.config["backbone"] == {"source": "timm", "name": "test_efficientnet", "kwargs": {}}
+    explainer.save(tmp_path / "e")
+    loaded = Explainer.load(tmp_path / "e")  # no model needed: the backbone is rebuilt by name
+    with torch.no_grad():
+        torch.testing.assert_close(explainer(images), loaded(images))
+
+
+def test_mismatched_architecture_is_refused(tmp_path):
+    Explainer.from_model(tiny_cnn(), input_size=(3, IMAGE, IMAGE)).save(tmp_path / "cnn")
+    with pytest.raises(ValueError, match="fingerprint"):
+        Explainer.load(tmp_path / "cnn", tiny_vit())
+    with pytest.raises(ValueError, match="fingerprint"):
+        LTX(tiny_vit(), str(tmp_path / "cnn"))
+
+
+def test_corrupt_or_missing_files_are_refused(tmp_path):
+    model = tiny_cnn()
+    Explainer.from_model(model, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "ok")
+    with pytest.raises(ValueError, match="path"):
+        Explainer.load(tmp_path / "nowhere", model)
+    (tmp_path / "ok" / "explainer.safetensors").write_bytes(b"\x80\x04not a safetensors file")
+    with pytest.raises(ValueError, match="safetensors"):
+        Explainer.load(tmp_path / "ok", model)
+    Explainer.from_model(model, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "bad_json")
+    (tmp_path / "bad_json" / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="JSON"):
+        Explainer.load(tmp_path / "bad_json", model)
+
+
+def test_loading_never_shares_memory_with_the_checkpoint(tmp_path, images):
+    model = tiny_cnn()
+    Explainer.from_model(model, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "e")
+    before = (tmp_path / "e" / "explainer.safetensors").read_bytes()
+    LTX(model, str(tmp_path / "e"), finetune_steps=2).attribute(images, target=0)
+    assert (tmp_path / "e" / "explainer.safetensors").read_bytes() == before

@@ -1,0 +1,79 @@
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from captum_ltx import LTX, Explainer, pretrain
+from conftest import IMAGE, assert_unchanged, snapshot, tiny_cnn, tiny_vit
+
+SETTINGS = dict(epochs=3, batch_size=4, lr=5e-3, seed=0, progress=False)
+
+
+def data(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 3, IMAGE, IMAGE, generator=g), torch.randint(0, 5, (n,), generator=g))
+
+
+class Interrupting(Dataset):
+    """Raises after ``limit`` items, as a Ctrl-C in the middle of an epoch would."""
+
+    def __init__(self, base, limit):
+        self.base, self.limit, self.seen = base, limit, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        self.seen += 1
+        if self.seen > self.limit:
+            raise KeyboardInterrupt
+        return self.base[i]
+
+
+def test_pretrain_keeps_best_epoch_and_leaves_model_unchanged(tmp_path):
+    model = tiny_vit()
+    before = snapshot(model)
+    explainer = pretrain(model, data(), val_data=data(6, seed=1), checkpoint_dir=tmp_path, **SETTINGS)
+    assert_unchanged(before, model)
+    training = explainer.config["training"]
+    aucs = [r["val_pos_auc"] for r in training["history"]]
+    assert len(aucs) == 3 and training["best_val_pos_auc"] == min(aucs)
+    assert training["best_epoch"] == aucs.index(min(aucs)) + 1
+    assert {"best", "last", "state.json", "optimizer.safetensors"} <= set(os.listdir(tmp_path))
+    best = Explainer.load(tmp_path / "best", model)
+    for k, v in explainer.state_dict().items():
+        assert torch.equal(v, best.state_dict()[k]), k
+    assert LTX(model, explainer, finetune_steps=0).attribute(data(2).tensors[0]).shape == (2, 3, IMAGE, IMAGE)
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path):
+    model = tiny_cnn()
+    straight = pretrain(model, data(), **SETTINGS)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(model, Interrupting(data(), limit=12 + 6), checkpoint_dir=tmp_path, **SETTINGS)
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 1
+    resumed = pretrain(model, data(), checkpoint_dir=tmp_path, **SETTINGS)
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(v, resumed.state_dict()[k], msg=k)
+    assert resumed.config["training"]["history"] == straight.config["training"]["history"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    model = tiny_cnn()
+    pretrain(model, data(), checkpoint_dir=tmp_path, **dict(SETTINGS, epochs=1))
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(model, data(), checkpoint_dir=tmp_path, **dict(SETTINGS, epochs=2))
+
+
+def test_pretrain_bad_arguments():
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match="`epochs`"):
+        pretrain(model, data(), epochs=0)
+    with pytest.raises(ValueError, match="`target`"):
+        pretrain(model, data(), target="gt")
+    with pytest.raises(ValueError, match="target='predicted'"):
+        pretrain(model, data().tensors[0], **dict(SETTINGS, epochs=1))
+    with pytest.raises(TypeError, match="`train_data`"):
+        pretrain(model, 3)
