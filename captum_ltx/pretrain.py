@@ -248,7 +248,10 @@ def pretrain(
                 scheduler.step()
                 running += loss.item()
                 bar.set_postfix(loss=f"{running / (i + 1):.4f}")
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": running / max(1, len(loader))}
+            mean_loss = torch.tensor([running, float(len(loader))], dtype=torch.float64, device=device)
+            if world > 1:
+                dist.all_reduce(mean_loss)
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (mean_loss[0] / mean_loss[1].clamp(min=1)).item()}
             explainer.eval()
             improved = val_set is None
             if val_set is not None:
