@@ -1,11 +1,33 @@
 """captum-ltx: LTX (Learning to Explain) and peer attribution methods for vision models, as Captum methods."""
 
+from . import methods
 from ._maps import to_map
+from .dix import DIX
 from .explainer import Explainer
+from .gradcam import GradCAM
+from .iia import IIA
 from .ltx import LTX, LTXAttribution
 from .objective import LTXObjective, masked_input
 from .pretrain import pretrain
+from .random_map import RandomMap
+from .rollout import AttentionRollout, GradientAttentionRollout
 
 __version__ = "0.1.0"
 
-__all__ = ["LTX", "LTXAttribution", "Explainer", "LTXObjective", "masked_input", "to_map", "pretrain", "__version__"]
+__all__ = [
+    "LTX",
+    "LTXAttribution",
+    "Explainer",
+    "LTXObjective",
+    "masked_input",
+    "pretrain",
+    "IIA",
+    "DIX",
+    "GradCAM",
+    "AttentionRollout",
+    "GradientAttentionRollout",
+    "RandomMap",
+    "methods",
+    "to_map",
+    "__version__",
+]

@@ -83,3 +83,8 @@ def num_classes_of(forward_func: Callable[..., Any], x: Tensor, args: tuple[Any,
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"`forward_func` must return logits of shape (B, num_classes) for B = {x.shape[0]}, got {shape}")
     return logits.shape[1], logits.argmax(dim=1).cpu()
+
+
+def target_score(logits: Tensor, target: Tensor) -> Tensor:
+    """Sum over the batch of each row's target logit: its gradient is each row's own gradient."""
+    return logits.gather(1, target.view(-1, 1)).sum()

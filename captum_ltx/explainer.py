@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._cnn import spatial_outputs
 from ._model import architecture_fingerprint, check_normalization, normalization_of
 
 CONFIG_NAME = "config.json"
@@ -34,26 +35,13 @@ def _detached_copy(model: nn.Module) -> nn.Module:
 
 def _last_spatial_layer(model: nn.Module, x: Tensor, *args: Any) -> str:
     """Name of the module, last in execution order, whose output is a (B, C, h, w) map with h, w > 1."""
-    names = {m: n for n, m in model.named_modules() if n}
-    order: list[str] = []
-
-    def record(module: nn.Module, _inp: Any, out: Any) -> None:
-        if isinstance(out, Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
-            order.append(names[module])
-
-    handles = [m.register_forward_hook(record) for m in names]
-    try:
-        with torch.no_grad():
-            model(x, *args)
-    finally:
-        for h in handles:
-            h.remove()
+    order = spatial_outputs(model, x, args)
     if not order:
         raise ValueError(
             "could not find a layer with a spatial (B, C, h, w) output in the model; pass `feature_layer` "
             "naming the module whose output the mask head should read"
         )
-    return order[-1]
+    return order[-1][0]
 
 
 def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any) -> Tensor:

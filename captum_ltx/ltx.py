@@ -12,9 +12,9 @@ from captum.attr import Attribution
 from captum.log import log_usage
 from torch import Tensor, nn
 
+from ._base import single_image_input
 from ._model import black_in_input_space, check_normalization, eval_mode, normalization_of, num_classes_of
 from ._validation import (
-    as_input_tuple,
     check_choice,
     check_images,
     check_positive_int,
@@ -241,16 +241,6 @@ class LTXAttribution(Attribution):
         return perturbation_auc(
             self.forward_func, x, mask.detach(), target, order="positive", baseline=fill, additional_forward_args=args or None
         ).item()
-
-
-def _single_image_input(inputs: Any) -> tuple[tuple[Tensor], bool]:
-    tensors, is_tuple = as_input_tuple(inputs, method="LTX")
-    if len(tensors) != 1:
-        raise ValueError(
-            f"`inputs`: LTX explains one image tensor, got a tuple of {len(tensors)}; pass the model's other inputs "
-            "through `additional_forward_args`"
-        )
-    return tensors, is_tuple  # type: ignore[return-value]
 
 
 LTX = LTXAttribution

@@ -1,0 +1,132 @@
+"""The shared work of every map-producing attribution: checks, targets, eval mode, upsampling, output."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from captum.attr import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor
+
+from ._model import eval_mode, num_classes_of
+from ._validation import (
+    as_input_tuple,
+    check_images,
+    check_positive_int,
+    format_baseline,
+    format_forward_args,
+    format_target,
+    select_rows,
+)
+from ._vit import is_vit
+
+FAMILIES = ("cnn", "vit")
+
+
+def model_family(model: Any) -> str:
+    """``"vit"`` for timm-style Vision Transformers, else ``"cnn"``."""
+    return "vit" if is_vit(model) else "cnn"
+
+
+def single_image_input(inputs: Any, method: str) -> tuple[Tensor, bool]:
+    tensors, is_tuple = as_input_tuple(inputs, method=method)
+    if len(tensors) != 1:
+        raise ValueError(
+            f"`inputs`: {method} explains one image tensor, got a tuple of {len(tensors)}; pass the model's other "
+            "inputs through `additional_forward_args`"
+        )
+    check_images(tensors[0])
+    return tensors[0], is_tuple
+
+
+class MapAttribution(GradientAttribution):
+    r"""Base class of methods that explain an image by one map, returned over the input's channels.
+
+    Subclasses set ``families`` (the model families they support) and implement :meth:`_maps`, which
+    gives a low-resolution (b, 1, h, w) map for a chunk of images. This class validates inputs and
+    targets, runs the model in eval mode with gradients enabled (also under a caller's ``no_grad``),
+    explains images one at a time unless ``batched`` (so instances never interact), upsamples, min-max
+    normalises each map if ``normalize`` and repeats it over channels.
+    """
+
+    families: tuple[str, ...] = FAMILIES
+    batched = False
+    name = "Map"
+
+    def __init__(self, forward_func: Callable[..., Tensor], *, normalize: bool = True, internal_batch_size: int = 64) -> None:
+        if not callable(forward_func):
+            raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
+        GradientAttribution.__init__(self, forward_func)
+        self.family = model_family(forward_func)
+        if self.family not in self.families:
+            raise ValueError(
+                f"{self.get_name()} supports {' and '.join(self.families)} models; this model is a {self.family}"
+            )
+        self.normalize = bool(normalize)
+        self.internal_batch_size = check_positive_int(internal_batch_size, "internal_batch_size")
+
+    @classmethod
+    def get_name(cls) -> str:
+        return cls.name
+
+    def has_convergence_delta(self) -> bool:
+        return False
+
+    @property
+    def multiplies_by_inputs(self) -> bool:
+        return False
+
+    @property
+    def upsample_mode(self) -> str:
+        return "bilinear" if self.family == "vit" else "bicubic"
+
+    @log_usage()
+    def attribute(
+        self,
+        inputs: Tensor | tuple[Tensor, ...],
+        target: Any = None,
+        baselines: Any = None,
+        additional_forward_args: Any = None,
+    ) -> Tensor | tuple[Tensor, ...]:
+        r"""Explains each image by a map repeated over its channels.
+
+        Args:
+            inputs (Tensor or tuple): images (B, C, H, W) as the model takes them, or a 1-tuple of them.
+            target (int, list, Tensor or None): class per image in any Captum form; ``None`` explains the
+                model's prediction.
+            baselines (scalar or Tensor, optional): the reference image of path methods (default 0, the
+                normalised zero image, as in the reference code); ignored by the others.
+            additional_forward_args (Any, optional): further model arguments, after the images.
+
+        Returns:
+            Tensor (or 1-tuple) of the inputs' shape; in [0, 1] when ``normalize``.
+        """
+        x, is_tuple = single_image_input(inputs, self.get_name())
+        args = format_forward_args(additional_forward_args)
+        batch = x.shape[0]
+        with eval_mode(self.forward_func), torch.enable_grad():
+            num_classes, predicted = num_classes_of(self.forward_func, x, args)
+            targets = format_target(target, batch, num_classes, predicted).to(x.device)
+            fill = format_baseline(baselines, x, torch.zeros((), device=x.device, dtype=x.dtype)).expand_as(x)
+            if self.batched:
+                maps = self._maps(x, targets, fill, args)
+            else:
+                maps = torch.cat([
+                    self._maps(x[i : i + 1], targets[i : i + 1], fill[i : i + 1], select_rows(args, slice(i, i + 1), batch))
+                    for i in range(batch)
+                ])
+        maps = maps.detach().float()
+        if maps.shape[-2:] != x.shape[-2:]:
+            maps = F.interpolate(maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False)
+        if self.normalize:
+            low = maps.amin(dim=(1, 2, 3), keepdim=True)
+            span = maps.amax(dim=(1, 2, 3), keepdim=True) - low
+            maps = torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+        attributions = maps.to(x.dtype).expand_as(x).contiguous()
+        return (attributions,) if is_tuple else attributions
+
+    def _maps(self, x: Tensor, target: Tensor, baseline: Tensor, args: tuple[Any, ...]) -> Tensor:
+        raise NotImplementedError
+

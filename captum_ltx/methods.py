@@ -1,0 +1,169 @@
+"""A registry of every attribution method the benchmarks compare, created by name.
+
+Example::
+
+    >>> from captum_ltx import methods
+    >>> methods.available("vit")
+    >>> gradcam = methods.create("gradcam", model)
+    >>> attr = gradcam.attribute(images, target=labels)
+    >>> saliency = captum_ltx.to_map(attr)      # (B, H, W), as the benchmarks read every method
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from captum.attr import Attribution
+
+from ._base import model_family
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the registry knows of a method: how to build it and which model families it supports."""
+
+    name: str
+    build: Callable[..., Attribution]
+    families: tuple[str, ...]
+    summary: str
+    per_channel: bool = False
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(name: str, families: tuple[str, ...], summary: str, per_channel: bool = False) -> Callable:
+    def add(build: Callable[..., Attribution]) -> Callable[..., Attribution]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} is registered already")
+        _REGISTRY[name] = MethodSpec(name, build, families, summary, per_channel)
+        return build
+
+    return add
+
+
+def available(family: str | None = None) -> list[str]:
+    """Names of the registered methods, all or those supporting ``family`` (``"cnn"`` or ``"vit"``)."""
+    if family is not None and family not in ("cnn", "vit"):
+        raise ValueError(f"`family` must be 'cnn', 'vit' or None, got {family!r}")
+    return sorted(n for n, s in _REGISTRY.items() if family is None or family in s.families)
+
+
+def spec(name: str) -> MethodSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def create(name: str, model: Any, **options: Any) -> Attribution:
+    """Creates method ``name`` for ``model``; ``options`` go to its constructor.
+
+    Raises ``ValueError`` for an unknown name, or a method that does not support the model's family.
+    """
+    entry = spec(name)
+    family = model_family(model)
+    if family not in entry.families:
+        raise ValueError(f"method {name!r} supports {' and '.join(entry.families)} models; this model is a {family}")
+    return entry.build(model, **options)
+
+
+BOTH = ("cnn", "vit")
+
+
+@register("ltx", BOTH, "LTX: pretrained explainer finetuned per image, mask chosen by the lowest objective")
+def _ltx(model: Any, explainer: Any = None, **options: Any) -> Attribution:
+    from .ltx import LTX
+
+    return LTX(model, explainer, **options)
+
+
+@register("ltx_pos_auc", BOTH, "LTX with the reference's mask selection by positive-perturbation AUC (selects by the benchmark's metric)")
+def _ltx_pos_auc(model: Any, explainer: Any = None, **options: Any) -> Attribution:
+    from .ltx import LTX
+
+    return LTX(model, explainer, selection="pos_auc", **options)
+
+
+@register("pltx", BOTH, "pLTX: one forward of the pretrained explainer")
+def _pltx(model: Any, explainer: Any = None, **options: Any) -> Attribution:
+    from .ltx import LTX
+
+    return LTX(model, explainer, finetune_steps=0, **options)
+
+
+@register("ig", BOTH, "Integrated Gradients (Captum), per channel", per_channel=True)
+def _ig(model: Any, **options: Any) -> Attribution:
+    from ._captum import IntegratedGradients
+
+    return IntegratedGradients(model, **options)
+
+
+@register("saliency", BOTH, "absolute input gradient (Captum Saliency), per channel", per_channel=True)
+def _saliency(model: Any, **options: Any) -> Attribution:
+    from ._captum import Saliency
+
+    return Saliency(model, **options)
+
+
+@register("input_x_gradient", BOTH, "input times gradient (Captum), per channel", per_channel=True)
+def _input_x_gradient(model: Any, **options: Any) -> Attribution:
+    from ._captum import InputXGradient
+
+    return InputXGradient(model, **options)
+
+
+@register("occlusion", BOTH, "sliding-window occlusion (Captum)", per_channel=True)
+def _occlusion(model: Any, **options: Any) -> Attribution:
+    from ._captum import Occlusion
+
+    return Occlusion(model, **options)
+
+
+@register("gradcam", BOTH, "Grad-CAM at the last feature stage (CNN) or the last block's norm1 tokens (ViT)")
+def _gradcam(model: Any, **options: Any) -> Attribution:
+    from .gradcam import GradCAM
+
+    return GradCAM(model, **options)
+
+
+@register("iia", BOTH, "Iterated Integrated Attributions, IIA2 by default (variant=3 for IIA3)")
+def _iia(model: Any, **options: Any) -> Attribution:
+    from .iia import IIA
+
+    return IIA(model, **options)
+
+
+@register("iia3", BOTH, "Iterated Integrated Attributions, IIA3")
+def _iia3(model: Any, **options: Any) -> Attribution:
+    from .iia import IIA
+
+    return IIA(model, variant=3, **options)
+
+
+@register("dix", BOTH, "Deep Integrated Explanations")
+def _dix(model: Any, **options: Any) -> Attribution:
+    from .dix import DIX
+
+    return DIX(model, **options)
+
+
+@register("rollout", ("vit",), "attention rollout (Abnar & Zuidema 2020)")
+def _rollout(model: Any, **options: Any) -> Attribution:
+    from .rollout import AttentionRollout
+
+    return AttentionRollout(model, **options)
+
+
+@register("gae", ("vit",), "gradient-weighted attention rollout (Chefer et al. 2021)")
+def _gae(model: Any, **options: Any) -> Attribution:
+    from .rollout import GradientAttentionRollout
+
+    return GradientAttentionRollout(model, **options)
+
+
+@register("random", BOTH, "a random map: the floor every method must beat")
+def _random(model: Any, **options: Any) -> Attribution:
+    from .random_map import RandomMap
+
+    return RandomMap(model, **options)

@@ -1,0 +1,141 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import NoiseTunnel
+
+from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
+from captum_ltx._vit import cls_row_map, rollout
+from conftest import assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
+
+FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
+FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
+
+
+def cases():
+    for family, make in FAMILIES.items():
+        for name in methods.available(family):
+            yield pytest.param(make, name, id=f"{family}-{name}")
+
+
+def call(method, x, target, name):
+    kwargs = {"n_steps": 8} if name == "ig" else {}
+    return method.attribute(x, target=target, **kwargs)
+
+
+@pytest.mark.parametrize("make, name", list(cases()))
+def test_every_method_shape_batching_determinism_and_model_unchanged(make, name, images):
+    model = make()
+    model.train()
+    first = next(model.parameters())
+    first.grad = torch.full_like(first, 0.5)
+    before = snapshot(model)
+    method = methods.create(name, model, **FAST.get(name, {}))
+    batch = call(method, images, [1, 2, 3], name)
+    assert batch.shape == images.shape and torch.isfinite(batch).all()
+    single = torch.cat([call(method, images[i : i + 1], i + 1, name) for i in range(3)])
+    torch.testing.assert_close(batch, single, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(call(method, images, [1, 2, 3], name), batch)  # deterministic
+    with torch.no_grad():
+        torch.testing.assert_close(call(method, images, [1, 2, 3], name), batch, atol=1e-5, rtol=1e-5)
+    assert to_map(batch).shape == (3, *images.shape[-2:])
+    assert_unchanged(before, model)
+
+
+@pytest.mark.parametrize("target", [2, [0, 3, 4], torch.tensor([0, 3, 4]), torch.tensor(2), None], ids=["int", "list", "tensor", "0d", "none"])
+@pytest.mark.parametrize("cls", [GradCAM, IIA, DIX])
+def test_target_forms(cls, target, images):
+    model = tiny_cnn()
+    method = cls(model) if cls is GradCAM else cls(model, n_steps=2)
+    out = method.attribute(images, target=target)
+    expected = model(images).argmax(1) if target is None else torch.as_tensor(target).expand(3)
+    torch.testing.assert_close(out, method.attribute(images, target=expected))
+
+
+def test_registry_refuses_what_it_cannot_do():
+    cnn = tiny_cnn()
+    for name in ("rollout", "gae"):
+        with pytest.raises(ValueError, match=f"method '{name}' supports vit models; this model is a cnn"):
+            methods.create(name, cnn)
+    with pytest.raises(ValueError, match="unknown method 'lime'"):
+        methods.create("lime", cnn)
+    with pytest.raises(ValueError, match="Rollout supports vit"):
+        AttentionRollout(cnn)
+    expected = {"ltx", "pltx", "ig", "gradcam", "iia", "dix", "rollout", "gae", "saliency", "input_x_gradient", "occlusion", "random"}
+    assert expected <= set(methods.available())
+    assert {"rollout", "gae"}.isdisjoint(methods.available("cnn"))
+
+
+def test_plain_module_cnn_is_supported(images):
+    model = plain_cnn()
+    for name in ("gradcam", "iia", "dix"):
+        out = methods.create(name, model, **FAST.get(name, {})).attribute(images, target=1)
+        assert out.shape == images.shape and out.max() == 1
+
+
+def test_gradcam_on_a_vit_is_not_all_zero(images):
+    model = tiny_vit()
+    attr = GradCAM(model, normalize=False).attribute(images, target=1)
+    assert attr.abs().sum() > 0
+    assert all(getattr(b.attn, "fused_attn", True) for b in model.blocks)
+    assert type(model.blocks[-1].norm1).__name__ == "LayerNorm"  # the temporary token grid is gone
+
+
+def test_iia2_equals_its_formula_on_a_tiny_cnn(images):
+    """Released IIA2: sum_c sum_k dy/du_k * ReLU(u_k) at the last stage, u_k at x_k = (k/n) x."""
+    model, n, target = tiny_cnn(), 4, 3
+    x = images[:1]
+    total = 0
+    for k in range(n + 1):
+        captured = []
+        handle = model.layer4.register_forward_hook(lambda m, i, out: captured.append(out))
+        logits = model(k / n * x)
+        handle.remove()
+        grad = torch.autograd.grad(logits[0, target], captured[0])[0]
+        total = total + (grad * captured[0].clamp_min(0)).sum(dim=1, keepdim=True)
+    expected = F.interpolate(total, size=x.shape[-2:], mode="bicubic", align_corners=False)
+    attr = IIA(model, n_steps=n, normalize=False).attribute(x, target=target)
+    torch.testing.assert_close(attr[:, :1], expected.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_iia_finds_layers_from_the_model():
+    model = tiny_cnn()
+    iia = IIA(model)
+    assert iia.layers.cnn(torch.zeros(1, 3, 32, 32), ()) == ("layer3", "layer4")
+    assert IIA(tiny_vit()).layers.vit() == (0, 1)
+    with pytest.raises(ValueError, match="`layers`"):
+        IIA(model, layers=("layer3", "nonexistent"))
+    with pytest.raises(ValueError, match="`variant`"):
+        IIA(model, variant=4)
+
+
+def test_rollout_of_identity_and_uniform_attention_is_uniform(images):
+    n = 17
+    identity = [torch.eye(n).expand(2, n, n) for _ in range(3)]
+    row = cls_row_map(rollout(identity), tiny_vit(), (32, 32))
+    assert torch.equal(row, torch.zeros_like(row))
+    model = tiny_vit()
+    with torch.no_grad():
+        for block in model.blocks:  # q = k = 0: every attention row is uniform
+            block.attn.qkv.weight[: 2 * model.embed_dim].zero_()
+            block.attn.qkv.bias[: 2 * model.embed_dim].zero_()
+    attr = AttentionRollout(model, normalize=False).attribute(images)
+    torch.testing.assert_close(attr, torch.full_like(attr, attr[0, 0, 0, 0].item()))
+
+
+def test_quirks_switch_changes_dix_on_a_vit(images):
+    model = tiny_vit()
+    quirks = DIX(model, n_steps=3).attribute(images, target=1)
+    papers = DIX(model, n_steps=3, reference_quirks=False).attribute(images, target=1)
+    assert not torch.allclose(quirks, papers)
+
+
+def test_noise_tunnel_wraps_map_methods(images):
+    nt = NoiseTunnel(GradCAM(tiny_cnn())).attribute(images[:2], nt_samples=2, stdevs=0.1, target=[1, 2])
+    assert nt.shape == images[:2].shape
+
+
+def test_to_map_conventions():
+    attr = torch.tensor([[[[1.0, -2.0]], [[-3.0, 0.5]]]])  # (1, 2, 1, 2)
+    torch.testing.assert_close(to_map(attr), torch.tensor([[[4.0, 2.5]]]))
+    with pytest.raises(ValueError, match="attributions"):
+        to_map(torch.zeros(2, 2))
