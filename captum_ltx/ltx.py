@@ -160,8 +160,7 @@ class LTXAttribution(Attribution):
         Returns:
             Tensor (or 1-tuple, if ``inputs`` was a tuple) of the inputs' shape, values in [0, 1].
         """
-        (x,), is_tuple = _single_image_input(inputs)
-        check_images(x)
+        x, is_tuple = single_image_input(inputs, "LTX")
         steps = self.finetune_steps if finetune_steps is None else check_positive_int(
             finetune_steps, "finetune_steps", allow_zero=True
         )
