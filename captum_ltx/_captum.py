@@ -15,10 +15,15 @@ def _in_eval_mode(base: type) -> type:
     """A subclass of Captum method ``base`` whose ``attribute`` runs the model in eval mode."""
 
     class Method(base):  # type: ignore[valid-type, misc]
+        def __init__(self, forward_func: Any, *args: Any, attribute_defaults: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            super().__init__(forward_func, *args, **kwargs)
+            # Defaults for attribute() (e.g. IG's n_steps), so the registry can configure a method once.
+            self.attribute_defaults = dict(attribute_defaults or {})
+
         @log_usage()
         def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             with eval_mode(self.forward_func):
-                return base.attribute.__wrapped__(self, inputs, *args, **kwargs)
+                return base.attribute.__wrapped__(self, inputs, *args, **{**self.attribute_defaults, **kwargs})
 
     Method.__name__ = Method.__qualname__ = base.__name__
     Method.__doc__ = f"Captum's {base.__name__}, run with the explained model in eval mode."

@@ -18,6 +18,8 @@ from captum.attr import Attribution
 
 from ._base import model_family
 
+__all__ = ["MethodSpec", "available", "create", "model_family", "register", "spec"]
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -89,14 +91,17 @@ def _ltx_pos_auc(model: Any, explainer: Any = None, **options: Any) -> Attributi
 def _pltx(model: Any, explainer: Any = None, **options: Any) -> Attribution:
     from .ltx import LTX
 
+    if "finetune_steps" in options:
+        raise ValueError("`finetune_steps`: pltx never finetunes (it is one explainer forward); use method 'ltx'")
     return LTX(model, explainer, finetune_steps=0, **options)
 
 
 @register("ig", BOTH, "Integrated Gradients (Captum), per channel", per_channel=True)
-def _ig(model: Any, **options: Any) -> Attribution:
+def _ig(model: Any, n_steps: int = 50, internal_batch_size: int | None = None, **options: Any) -> Attribution:
     from ._captum import IntegratedGradients
 
-    return IntegratedGradients(model, **options)
+    defaults = {"n_steps": n_steps, "internal_batch_size": internal_batch_size}
+    return IntegratedGradients(model, attribute_defaults=defaults, **options)
 
 
 @register("saliency", BOTH, "absolute input gradient (Captum Saliency), per channel", per_channel=True)

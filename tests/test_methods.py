@@ -1,4 +1,5 @@
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 from captum.attr import NoiseTunnel
@@ -7,7 +8,7 @@ from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
 from captum_ltx._vit import cls_row_map, rollout
 from conftest import assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
-FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
+FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
 FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
 
 
@@ -18,8 +19,7 @@ def cases():
 
 
 def call(method, x, target, name):
-    kwargs = {"n_steps": 8} if name == "ig" else {}
-    return method.attribute(x, target=target, **kwargs)
+    return method.attribute(x, target=target)
 
 
 @pytest.mark.parametrize("make, name", list(cases()))
@@ -63,6 +63,38 @@ def test_registry_refuses_what_it_cannot_do():
     expected = {"ltx", "pltx", "ig", "gradcam", "iia", "dix", "rollout", "gae", "saliency", "input_x_gradient", "occlusion", "random"}
     assert expected <= set(methods.available())
     assert {"rollout", "gae"}.isdisjoint(methods.available("cnn"))
+
+
+OTHER_TIMM = {
+    "vit-registers": lambda: timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5, reg_tokens=4,
+        no_embed_class=True,
+    ),
+    "deit-distilled": lambda: timm.create_model(
+        "deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5
+    ),
+    "convnext": lambda: timm.create_model("test_convnext", num_classes=5),
+    "efficientnet": lambda: timm.create_model("test_efficientnet", num_classes=5),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(OTHER_TIMM))
+def test_other_timm_families(kind):
+    torch.manual_seed(0)
+    model = OTHER_TIMM[kind]().eval()
+    x = torch.randn(2, 3, 32 if "vit" in kind or "deit" in kind else 64, 32 if "vit" in kind or "deit" in kind else 64)
+    family = "vit" if kind in ("vit-registers", "deit-distilled") else "cnn"
+    assert methods.model_family(model) == family
+    for name in ("gradcam", "iia", "dix") + (("rollout", "gae") if family == "vit" else ()):
+        out = methods.create(name, model, **FAST.get(name, {})).attribute(x, target=[1, 2])
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.amax() == 1, name
+
+
+def test_registry_options():
+    model = tiny_cnn()
+    assert methods.create("ig", model, n_steps=7).attribute_defaults["n_steps"] == 7
+    with pytest.raises(ValueError, match="`finetune_steps`"):
+        methods.create("pltx", model, finetune_steps=3)
 
 
 def test_plain_module_cnn_is_supported(images):
