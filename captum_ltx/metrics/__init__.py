@@ -1,5 +1,28 @@
-"""Evaluation metrics for saliency maps of image classifiers."""
+"""Evaluation metrics for saliency maps of image classifiers; each returns one value per image."""
 
-from .perturbation import PERTURBATION_FRACTIONS, perturbation_auc
+from .localisation import localisation
+from .perturbation import (
+    PERTURBATION_FRACTIONS,
+    adp_pic,
+    curve_auc,
+    deletion_insertion,
+    gaussian_blur,
+    perturbation_auc,
+    perturbation_curves,
+)
+from .sanity import class_sensitivity, parameter_randomisation, randomized_copy, spearman
 
-__all__ = ["PERTURBATION_FRACTIONS", "perturbation_auc"]
+__all__ = [
+    "PERTURBATION_FRACTIONS",
+    "adp_pic",
+    "class_sensitivity",
+    "curve_auc",
+    "deletion_insertion",
+    "gaussian_blur",
+    "localisation",
+    "parameter_randomisation",
+    "perturbation_auc",
+    "perturbation_curves",
+    "randomized_copy",
+    "spearman",
+]

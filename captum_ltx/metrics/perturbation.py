@@ -1,10 +1,18 @@
-"""Positive / negative perturbation AUC in the protocol of Chefer et al., as used by LTX, IIA and DIX."""
+"""Faithfulness by perturbation: the LTX/IIA protocol's perturbation AUC, RISE deletion / insertion, ADP / PIC.
+
+All functions take the model, images (B, C, H, W) as the model takes them, maps ((B, H, W) or
+attributions of the inputs' shape, read through :func:`captum_ltx.to_map`) and targets in any Captum
+form, and return one value per image (shape (B,)). Perturbed images go through the model
+``batch_size`` at a time, on the inputs' device.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .._maps import to_map
@@ -12,6 +20,7 @@ from .._model import black_in_input_space, eval_mode, normalization_of
 from .._validation import (
     check_choice,
     check_images,
+    check_positive_int,
     format_baseline,
     format_forward_args,
     format_target,
@@ -20,6 +29,82 @@ from .._validation import (
 )
 
 PERTURBATION_FRACTIONS = tuple(i / 10 for i in range(10))
+
+
+class _Setup:
+    """The checked inputs shared by every perturbation metric."""
+
+    def __init__(self, forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Any,
+                 baseline: Any, normalization: Any, additional_forward_args: Any) -> None:
+        check_images(inputs)
+        saliency = to_map(maps.detach()).to(inputs.device).float()
+        b, _, h, w = inputs.shape
+        if saliency.shape != (b, h, w):
+            raise ValueError(f"`maps` must give one {h}x{w} map per image, got shape {tuple(maps.shape)}")
+        self.forward_func, self.x, self.map = forward_func, inputs, saliency
+        self.args = format_forward_args(additional_forward_args)
+        norm = normalization if normalization is not None else normalization_of(forward_func)
+        self.fill = format_baseline(baseline, inputs, black_in_input_space(norm, inputs)).expand_as(inputs)
+        with eval_mode(forward_func), torch.no_grad():
+            clean = forward_func(inputs, *self.args)
+        self.target = format_target(target, b, clean.shape[1], clean.argmax(dim=1)).to(inputs.device)
+        self.clean_probability = clean.softmax(dim=1).gather(1, self.target[:, None])[:, 0].float()
+
+    def ranks(self, descending: bool = True) -> Tensor:
+        """Rank of each pixel (0 = first removed) in map order; ties keep pixel order."""
+        flat = self.map.reshape(self.map.shape[0], -1)
+        order = torch.argsort(flat if descending else -flat, dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(flat.shape[1], device=order.device).expand_as(order))
+        return rank
+
+    def scores(self, rank: Tensor, counts: list[int], canvas: Tensor, batch_size: int, reveal: bool = False) -> tuple[Tensor, Tensor]:
+        """Target probability and correctness (B, S) when, for each count k, the first k ranked pixels
+        are replaced by ``canvas`` (or, with ``reveal``, only the first k pixels are kept from the image)."""
+        b, _, h, w = self.x.shape
+        steps = len(counts)
+        k = torch.tensor(counts, device=self.x.device)
+        targets = self.target.repeat_interleave(steps)
+        args = repeat_rows(self.args, steps, b)
+        probability, correct = [], []
+        with eval_mode(self.forward_func), torch.no_grad():
+            for start in range(0, b * steps, batch_size):
+                rows = torch.arange(start, min(start + batch_size, b * steps), device=self.x.device)
+                image, step = rows // steps, rows % steps
+                from_image = rank[image] < k[step, None] if reveal else rank[image] >= k[step, None]
+                perturbed = torch.where(from_image.view(-1, 1, h, w), self.x[image], canvas[image])
+                logits = self.forward_func(perturbed, *select_rows(args, slice(start, start + len(rows)), b * steps))
+                t = targets[rows]
+                probability.append(logits.softmax(dim=1).gather(1, t[:, None])[:, 0].float())
+                correct.append((logits.argmax(dim=1) == t).float())
+        return torch.cat(probability).view(b, steps), torch.cat(correct).view(b, steps)
+
+
+def perturbation_curves(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Any,
+    *,
+    order: str = "positive",
+    baseline: Any = None,
+    normalization: Any = None,
+    additional_forward_args: Any = None,
+    batch_size: int = 64,
+) -> tuple[Tensor, Tensor]:
+    """The (B, 10) curves behind :func:`perturbation_auc`: target probability and top-1 correctness at
+    removed fractions 0, 0.1, ..., 0.9, from one pass over the perturbed images."""
+    check_choice(order, "order", ("positive", "negative"))
+    check_positive_int(batch_size, "batch_size")
+    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    pixels = inputs.shape[-2] * inputs.shape[-1]
+    counts = [round(f * pixels) for f in PERTURBATION_FRACTIONS]
+    return setup.scores(setup.ranks(descending=order == "positive"), counts, setup.fill, batch_size)
+
+
+def curve_auc(curves: Tensor) -> Tensor:
+    """AUC x 100 of perturbation curves sampled at x = 0, 0.1, ..., 0.9 (trapezoid rule)."""
+    return torch.trapezoid(curves, dx=0.1, dim=-1) * 100
 
 
 def perturbation_auc(
@@ -38,10 +123,12 @@ def perturbation_auc(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Area under the curve of the model's score as the most (or least) relevant pixels are removed.
 
-    At each fraction 0, 0.1, ..., 0.9 the top-ranked pixels of ``maps`` are replaced by ``baseline`` in
-    every channel; the score is top-1 correctness for ``target`` (``score="accuracy"``) or its softmax
-    probability (``"probability"``, the papers' deletion / insertion). The AUC uses the trapezoid rule
-    on x = 0 ... 0.9 and is multiplied by 100, so it lies in [0, 90].
+    The protocol of Chefer et al., used by LTX, IIA and DIX: at each fraction 0, 0.1, ..., 0.9 the
+    top-ranked pixels of ``maps`` are replaced by ``baseline`` in every channel; the score is top-1
+    correctness for ``target`` (``score="accuracy"``: POS / NEG) or its softmax probability
+    (``"probability"``: the papers' deletion with ``order="positive"`` and insertion with
+    ``"negative"``). The AUC uses the trapezoid rule on x = 0 ... 0.9 and is multiplied by 100, so it
+    lies in [0, 90].
 
     ``order="positive"`` removes the most relevant pixels first: **lower is better**.
     ``order="negative"`` removes the least relevant first: **higher is better**.
@@ -60,40 +147,97 @@ def perturbation_auc(
     Returns:
         Tensor of shape (B,), or ``(auc, curves)``.
     """
-    check_images(inputs)
-    check_choice(order, "order", ("positive", "negative"))
     check_choice(score, "score", ("accuracy", "probability"))
-    saliency = to_map(maps.detach()).to(inputs.device)
-    b, _, h, w = inputs.shape
-    if saliency.shape != (b, h, w):
-        raise ValueError(f"`maps` must give one {h}x{w} map per image, got shape {tuple(maps.shape)}")
-    args = format_forward_args(additional_forward_args)
-    norm = normalization if normalization is not None else normalization_of(forward_func)
-    fill = format_baseline(baseline, inputs, black_in_input_space(norm, inputs))
-
-    flat = saliency.reshape(b, -1).float()
-    ranking = torch.argsort(flat if order == "positive" else -flat, dim=1, descending=True, stable=True)
-    rank = torch.empty_like(ranking)
-    rank.scatter_(1, ranking, torch.arange(h * w, device=ranking.device).expand(b, -1))
-    removed = torch.tensor([round(f * h * w) for f in PERTURBATION_FRACTIONS], device=inputs.device)
-    keep = (rank.view(b, 1, h * w) >= removed.view(1, -1, 1)).view(b, len(removed), 1, h, w)
-
-    steps = len(removed)
-    with eval_mode(forward_func), torch.no_grad():
-        clean = forward_func(inputs, *args)
-        t = format_target(target, b, clean.shape[1], clean.argmax(dim=1)).to(inputs.device)
-        perturbed = torch.where(keep, inputs.unsqueeze(1), fill.unsqueeze(1) if fill.dim() == 4 else fill)
-        perturbed = perturbed.reshape(b * steps, *inputs.shape[1:])
-        repeated_t = t.repeat_interleave(steps)
-        repeated_args = repeat_rows(args, steps, b)
-        values = []
-        for start in range(0, b * steps, batch_size):
-            chunk = slice(start, start + batch_size)
-            logits = forward_func(perturbed[chunk], *select_rows(repeated_args, chunk, b * steps))
-            if score == "accuracy":
-                values.append((logits.argmax(dim=1) == repeated_t[chunk]).float())
-            else:
-                values.append(logits.softmax(dim=1).gather(1, repeated_t[chunk, None])[:, 0].float())
-    curves = torch.cat(values).view(b, steps)
-    auc = torch.trapezoid(curves, dx=0.1, dim=1) * 100
+    probability, correct = perturbation_curves(
+        forward_func, inputs, maps, target, order=order, baseline=baseline, normalization=normalization,
+        additional_forward_args=additional_forward_args, batch_size=batch_size,
+    )
+    curves = correct if score == "accuracy" else probability
+    auc = curve_auc(curves)
     return (auc, curves) if return_curves else auc
+
+
+def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
+    """Separable Gaussian blur with zero padding, as RISE makes its insertion canvas (11 px, sigma 5)."""
+    radius = kernel_size // 2
+    t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - radius
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    c = x.shape[1]
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+
+def deletion_insertion(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Any,
+    *,
+    mode: str = "deletion",
+    n_steps: int = 20,
+    baseline: Any = None,
+    blur_kernel: int = 11,
+    blur_sigma: float = 5.0,
+    normalization: Any = None,
+    additional_forward_args: Any = None,
+    batch_size: int = 64,
+    return_curves: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """RISE deletion / insertion AUC (Petsiuk et al. 2018), in [0, 1].
+
+    Deletion replaces pixels by ``baseline`` (default black) in map order, in ``n_steps`` equal steps
+    from none to all: **lower is better**. Insertion starts from a blurred copy of the image and reveals
+    the original pixels in map order: **higher is better**. The score is the target's softmax
+    probability; the AUC uses the trapezoid rule over the removed (revealed) fraction 0 ... 1.
+
+    Returns:
+        Tensor of shape (B,), or ``(auc, curves)`` with (B, n_steps + 1) curves.
+    """
+    check_choice(mode, "mode", ("deletion", "insertion"))
+    check_positive_int(n_steps, "n_steps")
+    check_positive_int(batch_size, "batch_size")
+    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    pixels = inputs.shape[-2] * inputs.shape[-1]
+    counts = [math.ceil(i * pixels / n_steps) for i in range(n_steps + 1)]
+    if mode == "deletion":
+        curves, _ = setup.scores(setup.ranks(), counts, setup.fill, batch_size)
+    else:
+        canvas = gaussian_blur(inputs.detach(), blur_kernel, blur_sigma)
+        curves, _ = setup.scores(setup.ranks(), counts, canvas, batch_size, reveal=True)
+    auc = torch.trapezoid(curves, dx=1.0 / n_steps, dim=1)
+    return (auc, curves) if return_curves else auc
+
+
+def adp_pic(
+    forward_func: Callable[..., Tensor],
+    inputs: Tensor,
+    maps: Tensor,
+    target: Any,
+    *,
+    baseline: Any = None,
+    normalization: Any = None,
+    additional_forward_args: Any = None,
+) -> dict[str, Tensor]:
+    """Average Drop and Increase in Confidence (Chattopadhay et al. 2018) per image, on image * map.
+
+    Each map is min-max normalised to [0, 1] and the image kept in proportion to it, the rest filled
+    with ``baseline`` (default black in pixel space). With Y the target probability on the image and
+    O on the masked image: ``adp = 100 * max(0, Y - O) / Y`` (**lower is better**) and
+    ``pic = 100 * [Y < O]`` (**higher is better**); their means over images are ADP and PIC.
+
+    Returns:
+        ``{"adp": (B,), "pic": (B,)}``.
+    """
+    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    low = setup.map.flatten(1).amin(dim=1).view(-1, 1, 1)
+    span = setup.map.flatten(1).amax(dim=1).view(-1, 1, 1) - low
+    weight = torch.where(span > 0, (setup.map - low) / span.clamp_min(1e-12), torch.zeros_like(setup.map)).unsqueeze(1)
+    masked = setup.fill + weight.to(inputs.dtype) * (inputs - setup.fill)
+    with eval_mode(forward_func), torch.no_grad():
+        masked_probability = forward_func(masked, *setup.args).softmax(dim=1).gather(1, setup.target[:, None])[:, 0].float()
+    y = setup.clean_probability
+    return {
+        "adp": 100 * (y - masked_probability).clamp_min(0) / y.clamp_min(1e-12),
+        "pic": 100 * (y < masked_probability).float(),
+    }

@@ -1,0 +1,127 @@
+"""Summaries of a benchmark run: a Markdown table with 95% bootstrap intervals and curve plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+# metric name -> (True if higher is better, what it is)
+METRICS: dict[str, tuple[bool, str]] = {
+    "pos_auc": (False, "positive perturbation AUC, top-1 accuracy (x100, 0-90)"),
+    "neg_auc": (True, "negative perturbation AUC, top-1 accuracy (x100, 0-90)"),
+    "del_auc": (False, "deletion in the LTX/IIA protocol: positive perturbation, target probability (x100, 0-90)"),
+    "ins_auc": (True, "insertion in the LTX/IIA protocol: negative perturbation, target probability (x100, 0-90)"),
+    "rise_deletion": (False, "RISE deletion AUC, target probability (0-1)"),
+    "rise_insertion": (True, "RISE insertion AUC onto a blurred canvas, target probability (0-1)"),
+    "adp": (False, "average drop on image x map (%)"),
+    "pic": (True, "increase in confidence on image x map (% of images)"),
+    "pixel_accuracy": (True, "map thresholded at its mean vs mask"),
+    "miou": (True, "mean IoU of object and background"),
+    "map": (True, "mean average precision of object and background"),
+    "pointing_game": (True, "map maximum inside the mask"),
+    "mass_inside": (True, "share of positive attribution inside the mask"),
+    "randomisation": (False, "Spearman correlation with the map of a model with re-initialised top layers"),
+    "class_sensitivity": (False, "Spearman correlation with the map of another class"),
+    "seconds": (False, "seconds per explanation"),
+}
+
+PERCENT_SCALE = {"pos_auc", "neg_auc", "del_auc", "ins_auc", "adp", "pic"}
+
+CURVE_PANELS = (
+    ("pos_auc", "POS: top-1 accuracy, most relevant removed", "removed fraction"),
+    ("neg_auc", "NEG: top-1 accuracy, least relevant removed", "removed fraction"),
+    ("del_auc", "deletion (LTX/IIA): probability, most relevant removed", "removed fraction"),
+    ("ins_auc", "insertion (LTX/IIA): probability, least relevant removed", "removed fraction"),
+    ("rise_deletion", "RISE deletion", "deleted fraction"),
+    ("rise_insertion", "RISE insertion (blurred canvas)", "inserted fraction"),
+)
+
+
+def bootstrap_interval(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the mean (resampling images)."""
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def load_results(out_dir: str) -> list[dict[str, Any]]:
+    records = []
+    with open(os.path.join(out_dir, "results.jsonl")) as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) -> str:
+    """Writes ``summary.md`` (mean and 95% bootstrap interval of each metric per method) and
+    ``curves.png`` (mean curves) from ``results.jsonl``; returns the summary's path."""
+    out_dir = os.fspath(out_dir)
+    records = load_results(out_dir)
+    with open(os.path.join(out_dir, "config.json")) as f:
+        config = json.load(f)
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for k, v in r["metrics"].items():
+            values[r["method"]][k].append(v)
+    present = [m for m in METRICS if any(m in values[meth] for meth in methods)]
+    images = {r["image"] for r in records}
+    lines = [
+        f"# {config['model']} on {config['track']}",
+        "",
+        f"{len(images)} images, {len(methods)} methods, every method on the same images and targets. "
+        "Each cell: mean [95% bootstrap interval over images] (n images). Arrows: which direction is better.",
+    ]
+    if command:
+        lines += ["", f"Made by: `{command}`"]
+    lines += ["", "| method | " + " | ".join(f"{m} {'↑' if METRICS[m][0] else '↓'}" for m in present) + " |"]
+    lines.append("|---" * (len(present) + 1) + "|")
+    for meth in methods:
+        cells = []
+        for m in present:
+            v = np.asarray(values[meth].get(m, []), dtype=float)
+            if len(v) == 0:
+                cells.append("")
+                continue
+            low, high = bootstrap_interval(v)
+            digits = 1 if m in PERCENT_SCALE else 3
+            cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
+        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    lines += ["", "Metrics:"] + [f"- `{m}` ({'higher' if METRICS[m][0] else 'lower'} is better): {METRICS[m][1]}" for m in present]
+    path = os.path.join(out_dir, "summary.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _plot_curves(records, methods, os.path.join(out_dir, "curves.png"))
+    return path
+
+
+def _plot_curves(records: list[dict[str, Any]], methods: list[str], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    for ax, (key, title, xlabel) in zip(axes.flat, CURVE_PANELS):
+        for meth in methods:
+            curves = [r["curves"][key] for r in records if r["method"] == meth and key in r.get("curves", {})]
+            if not curves:
+                continue
+            mean = np.mean(curves, axis=0)
+            end = 0.9 if key in ("pos_auc", "neg_auc", "del_auc", "ins_auc") else 1.0
+            ax.plot(np.linspace(0, end, len(mean)), mean, label=meth)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+    axes.flat[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

