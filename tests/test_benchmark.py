@@ -1,0 +1,68 @@
+import json
+
+import pytest
+import torch
+
+from captum_ltx.benchmark import Sample, run_benchmark
+from captum_ltx.benchmark import harness
+from conftest import tiny_cnn, tiny_vit
+
+METHODS = {"random": {}, "gradcam": {}, "iia": {"n_steps": 2}, "ltx": {"finetune_steps": 2}}
+
+
+def samples(n=3):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        mask = torch.zeros(32, 32, dtype=torch.bool)
+        mask[4 * i : 4 * i + 12, 8:20] = True
+        out.append(Sample(f"img{i}", torch.randn(3, 32, 32, generator=g), target=i if i else None, mask=mask))
+    return out
+
+
+def lines(path):
+    return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("make", [tiny_cnn, tiny_vit], ids=["cnn", "vit"])
+def test_harness_end_to_end(make, tmp_path):
+    model = make()
+    summary = run_benchmark(model, samples(), METHODS, tmp_path, model_name="tiny", track="synthetic", rise_steps=4, progress=False)
+    records = lines(tmp_path)
+    assert len(records) == 3 * len(METHODS)
+    assert {(r["image"], r["method"]) for r in records} == {(s.id, m) for s in samples() for m in METHODS}
+    by_image = {}
+    for r in records:  # every method explains the same image for the same target
+        by_image.setdefault(r["image"], set()).add(r["target"])
+        assert {"pos_auc", "neg_auc", "del_auc", "ins_auc", "rise_deletion", "rise_insertion", "adp", "pic", "miou", "map",
+                "pointing_game", "mass_inside", "pixel_accuracy", "randomisation", "class_sensitivity", "seconds"} <= set(r["metrics"])
+        assert len(r["curves"]["pos_auc"]) == 10 and len(r["curves"]["rise_insertion"]) == 5
+    assert all(len(t) == 1 for t in by_image.values())
+    assert by_image["img1"] == {1} and by_image["img2"] == {2}
+    text = open(summary).read()
+    for m in METHODS:
+        assert f"| {m} |" in text
+    assert "(3)" in text and "pos_auc ↓" in text and "neg_auc ↑" in text
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_harness_resumes_after_an_interruption(tmp_path, monkeypatch):
+    model = tiny_cnn()
+    real_score, calls = harness._score, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "_score", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(model, samples(), METHODS, tmp_path, rise_steps=4, sanity=False, progress=False)
+    assert len(lines(tmp_path)) == 4
+    monkeypatch.setattr(harness, "_score", real_score)
+    run_benchmark(model, samples(), METHODS, tmp_path, rise_steps=4, sanity=False, progress=False)
+    records = lines(tmp_path)
+    assert len(records) == 12 and len({(r["image"], r["method"]) for r in records}) == 12
+    with pytest.raises(ValueError, match="other settings"):
+        run_benchmark(model, samples(2), METHODS, tmp_path, rise_steps=4, sanity=False, progress=False)
