@@ -92,8 +92,11 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
             if len(v) == 0:
                 cells.append("")
                 continue
-            low, high = bootstrap_interval(v)
             digits = 1 if m in PERCENT_SCALE else 3
+            if len(v) < 2:  # no interval from one image
+                cells.append(f"{v.mean():.{digits}f} ({len(v)})")
+                continue
+            low, high = bootstrap_interval(v)
             cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
     lines += ["", "Metrics:"] + [f"- `{m}` ({'higher' if METRICS[m][0] else 'lower'} is better): {METRICS[m][1]}" for m in present]
@@ -111,6 +114,8 @@ def _plot_curves(records: list[dict[str, Any]], methods: list[str], path: str) -
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    # tab10 repeats after ten methods; tab20 plus line styles keeps every method distinguishable
+    styles = {m: (plt.cm.tab20(i % 20), ("-", "--", ":")[i // 20 % 3]) for i, m in enumerate(methods)}
     for ax, (key, title, xlabel) in zip(axes.flat, CURVE_PANELS):
         for meth in methods:
             curves = [r["curves"][key] for r in records if r["method"] == meth and key in r.get("curves", {})]
@@ -118,7 +123,7 @@ def _plot_curves(records: list[dict[str, Any]], methods: list[str], path: str) -
                 continue
             mean = np.mean(curves, axis=0)
             end = 0.9 if key in ("pos_auc", "neg_auc", "del_auc", "ins_auc") else 1.0
-            ax.plot(np.linspace(0, end, len(mean)), mean, label=meth)
+            ax.plot(np.linspace(0, end, len(mean)), mean, label=meth, color=styles[meth][0], linestyle=styles[meth][1])
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
     axes.flat[0].legend(fontsize=8)
