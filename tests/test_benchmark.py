@@ -64,5 +64,18 @@ def test_harness_resumes_after_an_interruption(tmp_path, monkeypatch):
     run_benchmark(model, samples(), METHODS, tmp_path, rise_steps=4, sanity=False, progress=False)
     records = lines(tmp_path)
     assert len(records) == 12 and len({(r["image"], r["method"]) for r in records}) == 12
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other images or settings"):
         run_benchmark(model, samples(2), METHODS, tmp_path, rise_steps=4, sanity=False, progress=False)
+
+
+def test_methods_can_be_added_to_a_finished_run_but_not_changed(tmp_path):
+    model = tiny_cnn()
+    run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    first = lines(tmp_path)
+    run_benchmark(model, samples(2), {"saliency": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    records = lines(tmp_path)
+    assert records[:2] == first and {r["method"] for r in records[2:]} == {"saliency"}
+    assert set(json.loads((tmp_path / "config.json").read_text())["methods"]) == {"random", "saliency"}
+    assert "| random |" in (tmp_path / "summary.md").read_text() and "| saliency |" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="random with other options"):
+        run_benchmark(model, samples(2), {"random": {"seed": 3}}, tmp_path, rise_steps=4, sanity=False, progress=False)

