@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test benchmark-assets clean-venv
+.PHONY: demo test benchmark-assets fashion-assets clean-venv
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ $(TUXPAINT)/.unpacked:
 	dpkg-deb --fsys-tarfile $(TUXPAINT)/debs/tuxpaint-stamps-default_*.deb | tar -x -C $(TUXPAINT) --wildcards './usr/share/tuxpaint/stamps/*.png'
 	dpkg-deb --fsys-tarfile $(TUXPAINT)/debs/tuxpaint-data_*.deb | tar -x -C $(TUXPAINT) --wildcards './usr/share/tuxpaint/templates/*.jpg'
 	rm -r $(TUXPAINT)/debs
+	touch $@
+
+# Fashion-MNIST for the scenes track and the Fashion models (MIT), from Debian's package.
+FASHION := $(CAPTUM_LTX_DATA)/fashion-mnist
+
+fashion-assets: $(FASHION)/.unpacked
+
+$(FASHION)/.unpacked:
+	mkdir -p $(FASHION)/debs
+	cd $(FASHION)/debs && apt-get download dataset-fashion-mnist
+	dpkg-deb --fsys-tarfile $(FASHION)/debs/dataset-fashion-mnist_*.deb | tar -x -C $(FASHION) --wildcards './usr/share/datasets/fashion-mnist/*.gz'
+	rm -r $(FASHION)/debs
 	touch $@
 
 clean-venv:

@@ -83,9 +83,59 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
     return model.eval()
 
 
+# Checkpoints shipped in the repository (not in the wheel): <repo>/checkpoints/<name>/
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+
+
+def save_timm_model(model: nn.Module, path: str | os.PathLike[str], architecture: str, kwargs: dict[str, Any], **extra: Any) -> None:
+    """Writes ``model.safetensors`` and ``config.json`` (the timm architecture and its creation
+    arguments, plus ``extra`` facts such as accuracies) so that :func:`load_timm_model` rebuilds it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({"architecture": architecture, "kwargs": kwargs, **extra}, f, indent=2)
+
+
+def load_timm_model(path: str | os.PathLike[str]) -> nn.Module:
+    """A timm model from a folder written by :func:`save_timm_model`, in eval mode (no unpickling)."""
+    import json
+
+    import timm
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
+        raise ValueError(f"`weights` {path!r} must be a folder with config.json and model.safetensors")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+        model = timm.create_model(config["architecture"], pretrained=False, **config["kwargs"])
+        model.load_state_dict(load_file(weights_path))
+    except Exception as e:
+        raise ValueError(f"`weights` {path!r} is not a readable model checkpoint ({e})") from None
+    return model.eval()
+
+
+def _shipped(name: str) -> Any:
+    def create(weights: str | os.PathLike[str] | None = None) -> nn.Module:
+        path = weights if weights is not None else os.path.join(SHIPPED, name)
+        if weights is None and not os.path.isdir(path):
+            raise ValueError(f"the {name} checkpoint ships in the repository's checkpoints/ folder; from elsewhere pass `weights=`")
+        return load_timm_model(path)
+
+    return create
+
+
 _MODELS = {
     "efficientnet_lite0": lambda **kw: efficientnet_lite("tf_efficientnet_lite0", **kw),
     "efficientnet_lite2": lambda **kw: efficientnet_lite("tf_efficientnet_lite2", **kw),
+    "fashion_vit": _shipped("fashion-vit"),
+    "fashion_cnn": _shipped("fashion-cnn"),
 }
 
 

@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import timm
 import torch
 
 from captum_ltx import LTX, Explainer
@@ -74,3 +75,18 @@ def test_loading_never_shares_memory_with_the_checkpoint(tmp_path, images):
     before = (tmp_path / "e" / "explainer.safetensors").read_bytes()
     LTX(model, str(tmp_path / "e"), finetune_steps=2).attribute(images, target=0)
     assert (tmp_path / "e" / "explainer.safetensors").read_bytes() == before
+
+
+def test_timm_model_checkpoint_round_trip(tmp_path):
+    from captum_ltx.models import load_timm_model, save_timm_model
+
+    model = timm.create_model("test_resnet", pretrained=False, num_classes=10, output_stride=8)
+    save_timm_model(model, tmp_path / "m", "test_resnet", {"num_classes": 10, "output_stride": 8}, test_accuracy={"top1": 0.5})
+    loaded = load_timm_model(tmp_path / "m")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), loaded(x)) and not loaded.training
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="`weights`"):
+        load_timm_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="config.json and model.safetensors"):
+        load_timm_model(tmp_path)

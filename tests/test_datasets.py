@@ -77,3 +77,56 @@ def test_missing_packages_say_how_to_get_them(tmp_path, monkeypatch):
         TuxpaintComposites("train")
     with pytest.raises(ValueError, match="`split`"):
         split_assets("training", str(tmp_path))
+
+
+@pytest.fixture
+def fake_fashion(tmp_path):
+    """IDX files of 60,010 training and 20 test "items" (filled squares), classes 0..9 in turn."""
+    import gzip
+
+    def write(name, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    for part, n in (("train", 60_010), ("t10k", 20)):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        images[:, 4:24, 4:24] = 255
+        write(f"{part}-images-idx3-ubyte", images)
+        write(f"{part}-labels-idx1-ubyte", np.arange(n) % 10)
+    return str(tmp_path)
+
+
+def test_fashion_scenes_masks_targets_and_splits(fake_fashion):
+    from captum_ltx.datasets.fashion_scenes import FashionScenes, read_idx
+
+    assert read_idx(f"{fake_fashion}/t10k-labels-idx1-ubyte.gz").tolist()[:3] == [0, 1, 2]
+    two = FashionScenes("test", length=8, items=2, seed=3, root=fake_fashion)
+    image, target, masks = two[5]
+    assert image.shape == (3, 64, 64) and masks.shape == (2, 64, 64)
+    labels = two.labels_of(5)
+    assert len(labels) == 2 and labels[0] != labels[1]
+    assert target[labels].tolist() == [0.5, 0.5] and float(target.sum()) == pytest.approx(1.0)
+    assert masks[0].any() and masks[1].any() and not (masks[0] & masks[1]).any()
+    # a 20 px square in a 28 px item scaled to 26-32 px: the mask is a square of 18-23 px
+    side = int(masks[0].any(dim=0).sum())
+    assert 18 <= side <= 23 and int(masks[0].sum()) == side * int(masks[0].any(dim=1).sum())
+    assert torch.equal(image, FashionScenes("test", length=8, items=2, seed=3, root=fake_fashion)[5][0])
+    one = FashionScenes("val", length=4, items=1, root=fake_fashion)
+    _, target, masks = one[0]
+    assert float(target.max()) == 1.0 and not masks[1].any() and masks[0].any()
+    assert len(one.labels) == 10_010 and len(FashionScenes("train", length=1, root=fake_fashion).labels) == 50_000
+
+
+def test_fashion_scenes_bad_input(fake_fashion, tmp_path):
+    from captum_ltx.datasets.fashion_scenes import FashionScenes, read_idx
+
+    with pytest.raises(ValueError, match="`items`"):
+        FashionScenes("test", items=3, root=fake_fashion)
+    with pytest.raises(ValueError, match="`split`"):
+        FashionScenes("dev", root=fake_fashion)
+    with pytest.raises(ValueError, match="make fashion-assets"):
+        FashionScenes("test", root=str(tmp_path / "none"))
+    (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
+    with pytest.raises(ValueError, match="cut short"):
+        read_idx(str(tmp_path / "bad"))

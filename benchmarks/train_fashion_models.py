@@ -1,0 +1,117 @@
+"""Trains the explained models of the Fashion-MNIST scenes track: a timm ViT and a timm CNN.
+
+    python benchmarks/train_fashion_models.py --arch vit --out checkpoints/fashion-vit
+    python benchmarks/train_fashion_models.py --arch cnn --out checkpoints/fashion-cnn
+
+Trains on one- and two-item training scenes (soft targets), keeps the epoch with the best validation
+accuracy, and writes model.safetensors + config.json with the test accuracies: top-1 on one-item test
+scenes and both classes in the top 2 on two-item test scenes. Each epoch is checkpointed under
+``OUT.work``; the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from captum_ltx.datasets.fashion_scenes import FashionScenes
+from captum_ltx.models import load_timm_model, save_timm_model
+from captum_ltx.pretrain import _load_optimizer, _save_optimizer  # the same resumable optimiser state
+
+NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+ARCHITECTURES = {
+    # 8 x 8 patches of 64 px scenes: an 8 x 8 token grid, 4 blocks
+    "vit": ("vit_tiny_patch16_224", {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}),
+    # a small ResNet at output stride 8: an 8 x 8 last feature map
+    "cnn": ("test_resnet", {"output_stride": 8}),
+}
+
+
+def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test") -> dict[str, float]:
+    model.eval()
+    one = FashionScenes(split, length=n, items=1, seed=seed + 1)
+    two = FashionScenes(split, length=n, items=2, seed=seed + 2)
+    hits = {"one_item_top1": 0, "two_items_both_in_top2": 0}
+    with torch.no_grad():
+        for key, data in (("one_item_top1", one), ("two_items_both_in_top2", two)):
+            for x, target, _ in DataLoader(data, batch_size=256):
+                logits = model(x)
+                if key == "one_item_top1":
+                    hits[key] += int((logits.argmax(1) == target.argmax(1)).sum())
+                else:
+                    top2 = logits.topk(2, dim=1).indices
+                    wanted = (target > 0).float()
+                    hits[key] += int((wanted.gather(1, top2).sum(1) == 2).sum())
+    return {k: v / n for k, v in hits.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--train-size", type=int, default=20_000, help="training scenes per epoch (new ones every epoch)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--eval-size", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import timm
+
+    torch.manual_seed(args.seed)
+    name, kwargs = ARCHITECTURES[args.arch]
+    kwargs = {**kwargs, "num_classes": 10, "pretrained_cfg_overlay": {**NORMALIZATION, "input_size": (3, 64, 64)}}
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
+    steps = args.epochs * (args.train_size // args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
+    work = args.out + ".work"
+    state_path = os.path.join(work, "state.json")
+    start, best = 0, -1.0
+    if os.path.isfile(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+        start, best = state["epoch"], state["best"]
+        model.load_state_dict(load_timm_model(os.path.join(work, "last")).state_dict())
+        _load_optimizer(optimizer, os.path.join(work, "optimizer.safetensors"), state["param_groups"])
+        schedule.load_state_dict(state["schedule"])
+        print(f"resuming after epoch {start}")
+    for epoch in range(start, args.epochs):
+        model.train()
+        data = FashionScenes("train", length=args.train_size, items="mixed", seed=args.seed + 100 * (epoch + 1))
+        loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=True)
+        bar = tqdm(loader, desc=f"{args.arch} epoch {epoch + 1}/{args.epochs}")
+        for x, target, _ in bar:
+            loss = -(target * F.log_softmax(model(x), dim=1)).sum(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        val = accuracies(model, args.seed, args.eval_size // 2, split="val")
+        score = val["one_item_top1"] + val["two_items_both_in_top2"]
+        print(f"epoch {epoch + 1}: validation {val}")
+        if score > best:
+            best = score
+            save_timm_model(model, os.path.join(work, "best"), name, kwargs)
+        save_timm_model(model, os.path.join(work, "last"), name, kwargs)
+        groups = _save_optimizer(optimizer, os.path.join(work, "optimizer.safetensors"))
+        with open(state_path, "w") as f:
+            json.dump({"epoch": epoch + 1, "best": best, "param_groups": groups, "schedule": schedule.state_dict()}, f)
+    model = load_timm_model(os.path.join(work, "best"))
+    test = accuracies(model, args.seed, args.eval_size)
+    command = "python benchmarks/train_fashion_models.py " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    save_timm_model(model, args.out, name, kwargs, test_accuracy=test, test_scenes_per_kind=args.eval_size, made_by=command)
+    print(f"test: {test}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
