@@ -11,6 +11,7 @@ from typing import Any, Callable
 from torch import nn
 from torch.utils.data import Dataset
 
+from .fashion_scenes import FashionScenes
 from .tuxpaint import ImagesAndLabels, TuxpaintComposites
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -43,4 +44,14 @@ def _tuxpaint(model: nn.Module, split: str, **options: Any) -> Dataset:
     return TuxpaintComposites(split, size=config["input_size"][-1], normalization=(config["mean"], config["std"]), **options)
 
 
-__all__ = ["ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
+
+@register_dataset("fashion-scenes")
+def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
+    import timm
+
+    config = timm.data.resolve_data_config({}, model=model)
+    options.setdefault("items", "mixed")
+    return FashionScenes(split, size=config["input_size"][-1], normalization=(config["mean"], config["std"]), **options)
+
+
+__all__ = ["FashionScenes", "ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
