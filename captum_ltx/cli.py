@@ -105,6 +105,9 @@ def pretrain(args: argparse.Namespace) -> None:
         mask_weight=args.mask_weight, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
         seed=args.seed, explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
+    finetuning = {k: v for k, v in (("lr", args.finetune_lr), ("mask_weight", args.finetune_mask_weight)) if v is not None}
+    if finetuning:  # LTX(model, checkpoint) uses these unless told otherwise
+        explainer.config["finetuning"] = finetuning
     explainer.save(args.out)
     print(f"wrote {args.out}")
 
@@ -149,8 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-size", type=int, default=48, help="validation composites (choose the epoch)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--mask-weight", type=float, default=3.0)
+    p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
+    p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")
     p.add_argument("--target", default="predicted", choices=("predicted", "label"))
     p.add_argument("--explainer-options", default="{}", help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}')
     p.add_argument("--seed", type=int, default=0)

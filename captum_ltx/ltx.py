@@ -27,6 +27,8 @@ from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
 from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
 
+DEFAULT_LR = 2e-3
+
 SELECTIONS = ("loss", "last", "pos_auc")
 FINETUNED_PARTS = ("all", "head")
 
@@ -57,9 +59,13 @@ class LTXAttribution(Attribution):
             copy of its backbone plus a fresh mask head; ``explainer_options`` go to
             :meth:`Explainer.from_model`).
         finetune_steps (int): gradient steps per image. Default 25, as in the reference.
-        lr (float): AdamW learning rate of finetuning. Default 2e-3, as in the reference.
+        lr (float, optional): AdamW learning rate of finetuning. Default: the one recorded in the
+            explainer checkpoint (``config["finetuning"]``, chosen with it on validation data), else
+            2e-3, the reference's flag, which suits a fresh head. A pretrained explainer wants far less:
+            2e-3 wrecks a copied backbone within a few steps (the reference's effective rate is far lower).
         weight_decay (float): AdamW weight decay. Default 0.01 (torch's AdamW default).
-        mask_weight (float): weight of the mean mask in the objective.
+        mask_weight (float, optional): weight of the mean mask in the objective. Default: the
+            checkpoint's ``config["finetuning"]``, else ``DEFAULT_MASK_WEIGHT`` (3).
         counterfactual (bool): add the complement-mask term (see :class:`~captum_ltx.LTXObjective`).
         normalization (tuple, optional): (mean, std) of the model's inputs. Default: the model's timm
             ``pretrained_cfg``, else the explainer checkpoint's, else none (inputs in pixel space).
@@ -82,9 +88,9 @@ class LTXAttribution(Attribution):
         explainer: Explainer | str | os.PathLike[str] | None = None,
         *,
         finetune_steps: int = 25,
-        lr: float = 2e-3,
+        lr: float | None = None,
         weight_decay: float = 0.01,
-        mask_weight: float = DEFAULT_MASK_WEIGHT,
+        mask_weight: float | None = None,
         counterfactual: bool = False,
         normalization: Any = None,
         selection: str = "loss",
@@ -97,10 +103,10 @@ class LTXAttribution(Attribution):
         super().__init__(forward_func)
         self.finetune_steps = check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
         for name, value in (("lr", lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
-        self.objective = LTXObjective(mask_weight=float(mask_weight), counterfactual=bool(counterfactual))
+        self.weight_decay = float(weight_decay)
+        self._counterfactual = bool(counterfactual)
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.finetune = check_choice(finetune, "finetune", FINETUNED_PARTS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
@@ -117,6 +123,11 @@ class LTXAttribution(Attribution):
             self.explainer = Explainer.load(explainer, model)
         else:
             raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or None, got {type(explainer).__name__}")
+        # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
+        chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
+        self.lr = float(lr if lr is not None else chosen.get("lr", DEFAULT_LR))
+        mask_weight = float(mask_weight if mask_weight is not None else chosen.get("mask_weight", DEFAULT_MASK_WEIGHT))
+        self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=self._counterfactual)
 
         if normalization is not None:
             self.normalization = check_normalization(normalization)

@@ -110,7 +110,7 @@ def pretrain(
     val_data: Any = None,
     epochs: int = 10,
     batch_size: int = 32,
-    lr: float = 2e-3,
+    lr: float = 2e-4,
     weight_decay: float = 0.01,
     warmup: float = 0.2,
     mask_weight: float = DEFAULT_MASK_WEIGHT,
@@ -144,6 +144,9 @@ def pretrain(
             takes them (normalised).
         val_data: the same, for choosing the epoch.
         epochs, batch_size, lr, weight_decay: training settings; ``warmup`` is the warm-up fraction.
+            ``lr`` defaults to 2e-4, the most the reference's schedule ever reaches (its 2e-3 flag
+            never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
+            one mask for every image (benchmarks/results/lite0-tuning.md).
         mask_weight, counterfactual: the objective (see :class:`~captum_ltx.LTXObjective`).
         target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints) or
             ``"predicted"`` (the model's top class).

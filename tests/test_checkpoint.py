@@ -90,3 +90,16 @@ def test_timm_model_checkpoint_round_trip(tmp_path):
         load_timm_model(tmp_path / "m")
     with pytest.raises(ValueError, match="config.json and model.safetensors"):
         load_timm_model(tmp_path)
+
+
+def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden(tmp_path):
+    model = tiny_cnn()
+    explainer = Explainer.from_model(model)
+    explainer.config["finetuning"] = {"lr": 3e-5, "mask_weight": 10.0}
+    explainer.save(tmp_path / "e")
+    recorded = LTX(model, str(tmp_path / "e"))
+    assert recorded.lr == 3e-5 and recorded.objective.mask_weight == 10.0
+    explicit = LTX(model, str(tmp_path / "e"), lr=1e-3, mask_weight=2.0)
+    assert explicit.lr == 1e-3 and explicit.objective.mask_weight == 2.0
+    fresh = LTX(model)
+    assert fresh.lr == 2e-3 and fresh.objective.mask_weight == 3.0

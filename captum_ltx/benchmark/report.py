@@ -81,8 +81,10 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
         f"{len(images)} images, {len(methods)} methods, every method on the same images and targets. "
         "Each cell: mean [95% bootstrap interval over images] (n images). Arrows: which direction is better.",
     ]
-    if command:
-        lines += ["", f"Made by: `{command}`"]
+    commands = _commands(out_dir, command)
+    if commands:
+        lines += ["", "Made by (methods added to the run in turn):" if len(commands) > 1 else "Made by:"]
+        lines += [f"- `{c}`" for c in commands]
     lines += ["", "| method | " + " | ".join(f"{m} {'↑' if METRICS[m][0] else '↓'}" for m in present) + " |"]
     lines.append("|---" * (len(present) + 1) + "|")
     for meth in methods:
@@ -105,6 +107,17 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
         f.write("\n".join(lines) + "\n")
     _plot_curves(records, methods, os.path.join(out_dir, "curves.png"))
     return path
+
+
+def _commands(out_dir: str, command: str | None) -> list[str]:
+    """Every command that wrote to this run, oldest first (``commands.txt``)."""
+    path = os.path.join(out_dir, "commands.txt")
+    commands = open(path).read().splitlines() if os.path.isfile(path) else []
+    if command and command not in commands:
+        commands.append(command)
+        with open(path, "w") as f:
+            f.write("\n".join(commands) + "\n")
+    return commands
 
 
 def _plot_curves(records: list[dict[str, Any]], methods: list[str], path: str) -> None:
