@@ -26,7 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=available_models())
     parser.add_argument("--track", required=True)
-    parser.add_argument("--images", type=int, default=6)
+    parser.add_argument("--images", type=int, default=6, help="the first N samples of the track")
+    parser.add_argument("--ids", default=None, help="comma-separated sample ids instead of the first N")
     parser.add_argument("--methods", default="all")
     parser.add_argument("--options", default="{}", help="JSON: per-method options (label=name labels allowed)")
     parser.add_argument("--out", required=True)
@@ -34,7 +35,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = create_model(args.model)
-    samples = create_track(args.track, model)[: args.images]
+    samples = create_track(args.track, model)
+    if args.ids:
+        by_id = {s.id: s for s in samples}
+        missing = [i for i in args.ids.split(",") if i not in by_id]
+        if missing:
+            raise SystemExit(f"`--ids`: no samples {missing} in track {args.track!r}")
+        samples = [by_id[i] for i in args.ids.split(",")]
+    else:
+        samples = samples[: args.images]
     names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
     options = json.loads(args.options)
     built = {

@@ -33,6 +33,10 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
     "mw10-lr2e-4": (["--mask-weight", "10", "--lr", "2e-4"], {"mask_weight": 10.0, "lr": 1e-4}),
     # longer pretraining (later arguments override --train-size / --epochs)
     "mw10-lr2e-4-long": (["--mask-weight", "10", "--lr", "2e-4", "--train-size", "1600", "--epochs", "3"], {"mask_weight": 10.0, "lr": 1e-4}),
+    # for the Fashion models (64 px: pretraining is cheap, so longer from the start)
+    "fashion-mw10": (["--mask-weight", "10", "--lr", "2e-4"], {"mask_weight": 10.0, "lr": 3e-5}),
+    "fashion-mw3": (["--mask-weight", "3", "--lr", "2e-4"], {"mask_weight": 3.0, "lr": 3e-5}),
+    "fashion-mw10-lr1e-3": (["--mask-weight", "10", "--lr", "1e-3"], {"mask_weight": 10.0, "lr": 1e-4}),
     # finetuning settings on the long explainer (no new pretraining)
     "long-ft-lr3e-5": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-5}),
     "long-ft-lr3e-4": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-4}),
@@ -42,7 +46,7 @@ REUSE = {"long-ft-lr3e-5": "mw10-lr2e-4-long", "long-ft-lr3e-4": "mw10-lr2e-4-lo
 REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
 
 
-def mask_spread(model_name: str, checkpoint: str, n: int) -> float:
+def mask_spread(model_name: str, checkpoint: str, n: int, track: str) -> float:
     import torch
 
     from captum_ltx import LTX
@@ -50,7 +54,7 @@ def mask_spread(model_name: str, checkpoint: str, n: int) -> float:
     from captum_ltx.models import create_model
 
     model = create_model(model_name)
-    samples = create_track("imagenet-masks", model, n=n, split="val")
+    samples = create_track(track, model, n=n, split="val")
     pltx = LTX(model, checkpoint, finetune_steps=0)
     masks = torch.cat([pltx.attribute(s.image[None], target=s.target)[:, 0] for s in samples])
     return float(masks.std(dim=0).mean())
@@ -60,6 +64,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="efficientnet_lite0")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
+    parser.add_argument("--data", default="tuxpaint", help="pretraining data (captum_ltx.datasets)")
+    parser.add_argument("--val-track", default="imagenet-masks", help="track whose val split scores each setting")
+    parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--train-size", type=int, default=480)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--val-images", type=int, default=12)
@@ -74,15 +81,16 @@ def main() -> None:
         # a setting that differs only at explanation time reuses the explainer of the one it names
         checkpoint = os.path.join(args.work, args.model, REUSE.get(name, name), "explainer")
         if not os.path.isfile(os.path.join(checkpoint, "config.json")):
-            cli(["pretrain", "--model", args.model, "--train-size", str(args.train_size), "--epochs", str(args.epochs),
+            cli(["pretrain", "--model", args.model, "--data", args.data, "--batch-size", str(args.batch_size),
+                 "--train-size", str(args.train_size), "--epochs", str(args.epochs),
                  "--val-size", "32", "--out", checkpoint, "--checkpoint-dir", os.path.join(folder, "work")] + pretrain_args)
         options = {m: {"explainer": checkpoint, **ltx_options} for m in ("ltx", "pltx")}
         for finetuning_only in ("mask_weight", "lr", "finetune_steps"):
             options["pltx"].pop(finetuning_only, None)
-        cli(["benchmark", "--model", args.model, "--track", "imagenet-masks", "--split", "val", "--n", str(args.val_images),
+        cli(["benchmark", "--model", args.model, "--track", args.val_track, "--split", "val", "--n", str(args.val_images),
              "--methods", "ltx,pltx", "--no-sanity", "--options", json.dumps(options), "--out", os.path.join(folder, "val")])
         records = load_results(os.path.join(folder, "val"))
-        spread = mask_spread(args.model, checkpoint, args.val_images)
+        spread = mask_spread(args.model, checkpoint, args.val_images, args.val_track)
         for method in ("pltx", "ltx"):
             values = {k: np.mean([r["metrics"][k] for r in records if r["method"] == method]) for k in REPORTED}
             values["spread"] = spread
@@ -90,7 +98,7 @@ def main() -> None:
             rows.append((name, " ".join(shlex.quote(a) for a in pretrain_args), f"{method} {finetuning}", values))
     # the bar to clear, on the same validation composites
     baselines = os.path.join(args.work, args.model, "baselines-val")
-    cli(["benchmark", "--model", args.model, "--track", "imagenet-masks", "--split", "val", "--n", str(args.val_images),
+    cli(["benchmark", "--model", args.model, "--track", args.val_track, "--split", "val", "--n", str(args.val_images),
          "--methods", "gradcam,dix,random", "--no-sanity", "--out", baselines])
     records = load_results(baselines)
     for method in ("gradcam", "dix", "random"):
@@ -99,11 +107,13 @@ def main() -> None:
     lines = [
         f"# LTX explainer settings for {args.model}, chosen on the validation split",
         "",
-        f"Made by: `python benchmarks/tune_explainer.py --model {args.model} --settings {args.settings} "
-        f"--train-size {args.train_size} --epochs {args.epochs} --val-images {args.val_images} --out {args.out}`",
+        f"Made by: `python benchmarks/tune_explainer.py --model {args.model} --data {args.data} --val-track {args.val_track} "
+        f"--settings {args.settings} --batch-size {args.batch_size} --train-size {args.train_size} --epochs {args.epochs} "
+        f"--val-images {args.val_images} --out {args.out}`",
         "",
-        f"Each setting: pretraining on {args.train_size} training composites x {args.epochs} epoch(s), then means over "
-        f"{args.val_images} validation composites (stamps, classes and backgrounds disjoint from the test split).",
+        f"Each setting: pretraining on {args.train_size} {args.data} training images x {args.epochs} epoch(s) (unless its "
+        f"arguments say otherwise), then means over the first {args.val_images} samples of the validation split of "
+        f"{args.val_track} (never the test split).",
         "",
         "| setting | pretraining arguments | method (finetuning options) | " + " | ".join(REPORTED) + " | pLTX spread |",
         "|---" * (len(REPORTED) + 4) + "|",
