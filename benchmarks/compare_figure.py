@@ -16,7 +16,7 @@ import torch
 
 from captum_ltx import methods as registry
 from captum_ltx.benchmark import create_track
-from captum_ltx.cli import BENCHMARK_OPTIONS
+from captum_ltx.cli import method_plan
 from captum_ltx.methods import model_family
 from captum_ltx.models import available_models, create_model
 from captum_ltx.visualize import comparison_figure, explain_all
@@ -46,10 +46,7 @@ def main() -> None:
         samples = samples[: args.images]
     names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
     options = json.loads(args.options)
-    built = {
-        label: registry.create(label.split("=")[-1], model, **{**BENCHMARK_OPTIONS.get(label.split("=")[-1], {}), **options.get(label, {})})
-        for label in names
-    }
+    built = {label: registry.create(label.split("=")[-1], model, **o) for label, o in method_plan(names, options).items()}
     images = torch.stack([s.image for s in samples])
     with torch.no_grad():
         predicted = model(images).argmax(1).tolist()

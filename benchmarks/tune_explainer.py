@@ -10,6 +10,7 @@ and the photos are never touched. Work goes to ``--work`` and resumes when the c
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -46,15 +47,22 @@ REUSE = {"long-ft-lr3e-5": "mw10-lr2e-4-long", "long-ft-lr3e-4": "mw10-lr2e-4-lo
 REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
 
 
-def mask_spread(model_name: str, checkpoint: str, n: int, track: str) -> float:
-    import torch
-
-    from captum_ltx import LTX
+@functools.lru_cache(maxsize=1)
+def _validation(model_name: str, n: int, track: str) -> tuple:
+    # one model and one set of validation samples for every setting
     from captum_ltx.benchmark import create_track
     from captum_ltx.models import create_model
 
     model = create_model(model_name)
-    samples = create_track(track, model, n=n, split="val")
+    return model, create_track(track, model, n=n, split="val")
+
+
+def mask_spread(model_name: str, checkpoint: str, n: int, track: str) -> float:
+    import torch
+
+    from captum_ltx import LTX
+
+    model, samples = _validation(model_name, n, track)
     pltx = LTX(model, checkpoint, finetune_steps=0)
     masks = torch.cat([pltx.attribute(s.image[None], target=s.target)[:, 0] for s in samples])
     return float(masks.std(dim=0).mean())

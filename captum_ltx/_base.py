@@ -10,6 +10,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
+from ._maps import min_max
 from ._model import eval_mode, num_classes_of
 from ._validation import (
     as_input_tuple,
@@ -121,9 +122,7 @@ class MapAttribution(GradientAttribution):
         if maps.shape[-2:] != x.shape[-2:]:
             maps = F.interpolate(maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False)
         if self.normalize:
-            low = maps.amin(dim=(1, 2, 3), keepdim=True)
-            span = maps.amax(dim=(1, 2, 3), keepdim=True) - low
-            maps = torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+            maps = min_max(maps)
         attributions = maps.to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
 

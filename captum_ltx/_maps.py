@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -19,3 +20,11 @@ def to_map(attributions: Tensor) -> Tensor:
     if attributions.shape[1] == 1:
         return attributions[:, 0]
     return attributions.abs().sum(dim=1)
+
+
+def min_max(maps: Tensor) -> Tensor:
+    """Each map (first dimension: the batch) scaled to [0, 1]; a constant map becomes all zeros."""
+    dims = tuple(range(1, maps.dim()))
+    low = maps.amin(dim=dims, keepdim=True)
+    span = maps.amax(dim=dims, keepdim=True) - low
+    return torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))

@@ -36,6 +36,12 @@ def _model(args: argparse.Namespace) -> torch.nn.Module:
     return create_model(args.model, **options).to(args.device)
 
 
+def method_plan(labels: list[str], options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Constructor options per method label (``label`` or ``label=registry_name``): the CPU cost
+    settings of :data:`BENCHMARK_OPTIONS`, overridden by ``options``."""
+    return {label: {**BENCHMARK_OPTIONS.get(label.split("=")[-1], {}), **options.get(label, {})} for label in labels}
+
+
 def _json_object(text: str, argument: str) -> dict[str, Any]:
     try:
         options = json.loads(text)
@@ -77,8 +83,7 @@ def explain(args: argparse.Namespace) -> None:
     ]
     options = _method_options(args.options, "--options")
     built = {}
-    for name in args.methods.split(","):
-        method_options = {**BENCHMARK_OPTIONS.get(name, {}), **options.get(name, {})}
+    for name, method_options in method_plan(args.methods.split(","), options).items():
         if name.startswith(("ltx", "pltx")) and args.explainer:
             method_options.setdefault("explainer", args.explainer)
         built[name] = registry.create(name, model, **method_options)
@@ -124,7 +129,7 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
     track_options = {k: v for k, v in (("n", args.n), ("split", args.split)) if v is not None}
     samples = create_track(args.track, model, **track_options)[: args.limit]
     names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
-    plan = {name: {**BENCHMARK_OPTIONS.get(name.split("=")[-1], {}), **options.get(name, {})} for name in names}
+    plan = method_plan(names, options)
     summary = run_benchmark(
         model, samples, plan, args.out, model_name=args.model, track=args.track, rise_steps=args.rise_steps,
         sanity=not args.no_sanity, sanity_limit=args.sanity_limit, resume=not args.restart,

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._maps import to_map
+from ._maps import min_max, to_map
 
 
 def explain_all(model: nn.Module, images: Tensor, methods: dict[str, Any], targets: Sequence[int]) -> dict[str, tuple[Tensor, float]]:
@@ -19,9 +19,7 @@ def explain_all(model: nn.Module, images: Tensor, methods: dict[str, Any], targe
         maps = []
         start = time.perf_counter()
         for x, c in zip(images, targets):
-            m = to_map(method.attribute(x[None], target=int(c)))[0]
-            span = m.max() - m.min()
-            maps.append((m - m.min()) / span if span > 0 else torch.zeros_like(m))
+            maps.append(min_max(to_map(method.attribute(x[None], target=int(c))))[0])
         out[name] = (torch.stack(maps), (time.perf_counter() - start) / len(images))
     return out
 

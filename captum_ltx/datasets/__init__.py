@@ -36,22 +36,24 @@ def create_dataset(name: str, model: nn.Module, split: str, **options: Any) -> D
     return _DATASETS[name](model, split, **options)
 
 
-@register_dataset("tuxpaint")
-def _tuxpaint(model: nn.Module, split: str, **options: Any) -> Dataset:
+def _as_model_takes(model: nn.Module) -> dict[str, Any]:
+    """Image size and normalisation from the model's timm data config."""
     import timm
 
     config = timm.data.resolve_data_config({}, model=model)
-    return TuxpaintComposites(split, size=config["input_size"][-1], normalization=(config["mean"], config["std"]), **options)
+    return {"size": config["input_size"][-1], "normalization": (config["mean"], config["std"])}
+
+
+@register_dataset("tuxpaint")
+def _tuxpaint(model: nn.Module, split: str, **options: Any) -> Dataset:
+    return TuxpaintComposites(split, **_as_model_takes(model), **options)
 
 
 
 @register_dataset("fashion-scenes")
 def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
-    import timm
-
-    config = timm.data.resolve_data_config({}, model=model)
     options.setdefault("items", "mixed")
-    return FashionScenes(split, size=config["input_size"][-1], normalization=(config["mean"], config["std"]), **options)
+    return FashionScenes(split, **_as_model_takes(model), **options)
 
 
 __all__ = ["FashionScenes", "ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
