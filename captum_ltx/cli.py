@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-weight", type=float, default=3.0)
     p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
     p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")
-    p.add_argument("--target", default="predicted", choices=("predicted", "label"))
+    p.add_argument("--target", default="predicted", choices=("predicted", "label", "sampled"),
+                   help="class each training image is explained for; 'sampled' draws it from the model's softmax")
     p.add_argument("--explainer-options", default="{}", help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-dir", default=None, help="resumable checkpoints (default: OUT.work)")

@@ -84,6 +84,11 @@ class Explainer(nn.Module):
     low-resolution mask, upsampled bilinearly to the input size. The backbone always runs in eval mode
     (BatchNorm statistics frozen, as in the reference code) while its weights may be trained.
 
+    The reference explainer is blind to the class: one mask per image, made class-specific only by
+    finetuning. With ``num_classes`` (an extension of ours) the head reads the features scaled
+    channel-wise by a learned embedding of the explained class, so that one forward gives each class
+    its own mask; such an explainer needs ``target`` in every call.
+
     Build one with :meth:`from_model`; store and restore it with :meth:`save` and :meth:`load`
     (safetensors weights plus a JSON config).
 
@@ -96,6 +101,8 @@ class Explainer(nn.Module):
         >>> explainer = Explainer.from_model(model)          # timm model: copy of its backbone
         >>> mask = explainer(x)                               # (B, 1, H, W) in [0, 1]
         >>> explainer.save("ckpt/"); Explainer.load("ckpt/", model)
+        >>> per_class = Explainer.from_model(model, num_classes=10)
+        >>> mask = per_class(x, target=torch.tensor([3]))
     """
 
     def __init__(self, backbone: nn.Module, config: dict[str, Any]) -> None:
@@ -111,6 +118,9 @@ class Explainer(nn.Module):
                 nn.init.zeros_(conv.bias)
         else:
             self.head = nn.Conv2d(channels, 1, 1)
+        classes = config.get("num_classes")
+        # starts at ones: an untrained class embedding leaves the class-blind explainer unchanged
+        self.class_scale = nn.Parameter(torch.ones(classes, channels)) if classes else None
         self.backbone.eval()
 
     # -- construction -------------------------------------------------------------------------------
@@ -127,6 +137,7 @@ class Explainer(nn.Module):
         input_size: tuple[int, int, int] | None = None,
         normalization: Any = None,
         seed: int = 0,
+        num_classes: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         probe_args: tuple[Any, ...] = (),
     ) -> "Explainer":
@@ -146,11 +157,14 @@ class Explainer(nn.Module):
             input_size (tuple, optional): (C, H, W). Default: the model's ``pretrained_cfg``.
             normalization (tuple, optional): (mean, std) of the inputs. Default: ``pretrained_cfg``.
             seed (int): seed of the head's initialisation, so that a fresh explainer is reproducible.
+            num_classes (int, optional): make the mask depend on the explained class (see above).
             probe_args (tuple): further model arguments for one probing forward pass (batch of 1),
                 for models that take more than the image.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module to derive an explainer from, got {type(model).__name__}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}")
         if head is not None and head not in HEADS:
             raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
         input_size = input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
@@ -203,6 +217,8 @@ class Explainer(nn.Module):
             "training": {},
             "seed": seed,
         }
+        if num_classes is not None:
+            config["num_classes"] = num_classes
         with torch.no_grad():
             raw = _read_features(net, features, probe, *(probe_args if access["access"] == "hook" else ()))
         if raw.dim() == 3:
@@ -225,14 +241,25 @@ class Explainer(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------------
 
-    def forward(self, x: Tensor, *additional_forward_args: Any, return_low_res: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, *additional_forward_args: Any, target: Tensor | None = None, return_low_res: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Returns the mask (B, 1, H, W) in [0, 1], and with ``return_low_res`` also the (B, 1, h, w) mask.
 
         ``additional_forward_args`` reach a backbone that is a whole copied model (features read by a
-        hook), for models that take more than the image.
+        hook), for models that take more than the image. ``target`` (B,) class indices: needed by a
+        class-conditioned explainer, ignored by a class-blind one.
         """
         features = self.config["features"]
         grid = _feature_grid(_read_features(self.backbone, features, x, *additional_forward_args), x.shape[-2:], features)
+        if self.class_scale is not None:
+            classes = self.class_scale.shape[0]
+            if target is None:
+                raise ValueError(f"`target` is needed: this explainer makes a mask per class ({classes} classes)")
+            target = torch.as_tensor(target, device=grid.device).long().reshape(-1)
+            if target.shape[0] != grid.shape[0] or bool(((target < 0) | (target >= classes)).any()):
+                raise ValueError(f"`target` must hold one class in [0, {classes}) per image, got {target.tolist()}")
+            grid = grid * self.class_scale[target][:, :, None, None]
         low_res = torch.sigmoid(self.head(grid))
         mask = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (mask, low_res) if return_low_res else mask

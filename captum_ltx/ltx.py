@@ -186,7 +186,7 @@ class LTXAttribution(Attribution):
             fill = format_baseline(baselines, x, black_in_input_space(self.normalization, x))
             if steps == 0:
                 with torch.no_grad():
-                    mask = work(x, *args)
+                    mask = work(x, *args, target=targets)
             else:
                 mask = torch.cat([
                     self._finetune(
@@ -228,7 +228,7 @@ class LTXAttribution(Attribution):
         best_mask, best_score = None, math.inf
         with torch.enable_grad():
             for step in range(steps + 1):
-                mask, low_res = work(x, *args, return_low_res=True)
+                mask, low_res = work(x, *args, target=target, return_low_res=True)
                 loss = self.objective(self.forward_func, x, mask, low_res, target, fill, args).sum()
                 score = self._selection_score(step, loss, mask, x, target, fill, args)
                 if score < best_score:

@@ -45,7 +45,10 @@ def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str) ->
             raise ValueError("`target='label'` needs (image, label) items; use target='predicted' for unlabelled data")
         return labels.to(x.device).long()
     with torch.no_grad():
-        return model(x).argmax(dim=1)
+        logits = model(x)
+    if target == "sampled":
+        return torch.multinomial(logits.float().softmax(dim=1), 1)[:, 0]
+    return logits.argmax(dim=1)
 
 
 def _distributed() -> tuple[int, int]:
@@ -96,7 +99,7 @@ def validation_pos_auc(
             x, labels = _split_batch(batch)
             x = x.to(device)
             t = _targets(model, x, labels, target)
-            aucs = perturbation_auc(model, x, explainer(x), t, order="positive", baseline=fill)
+            aucs = perturbation_auc(model, x, explainer(x, target=t), t, order="positive", baseline=fill)
             total += torch.stack([aucs.sum().double(), torch.tensor(float(len(aucs)), dtype=torch.float64, device=device)])
     if world > 1:
         dist.all_reduce(total)
@@ -148,8 +151,10 @@ def pretrain(
             never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
             one mask for every image (benchmarks/results/lite0-tuning.md).
         mask_weight, counterfactual: the objective (see :class:`~captum_ltx.LTXObjective`).
-        target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints) or
-            ``"predicted"`` (the model's top class).
+        target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints),
+            ``"predicted"`` (the model's top class) or ``"sampled"`` (a class drawn from the model's
+            softmax, so that a class-conditioned explainer also learns the masks of runners-up,
+            such as the second item of a two-item scene).
         explainer (Explainer, optional): where to start; default :meth:`Explainer.from_model`
             with ``explainer_options``.
         normalization (tuple, optional): (mean, std) of the inputs; default the model's timm config.
@@ -168,7 +173,7 @@ def pretrain(
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
     check_positive_int(epochs, "epochs")
     check_positive_int(batch_size, "batch_size")
-    check_choice(target, "target", ("label", "predicted"))
+    check_choice(target, "target", ("label", "predicted", "sampled"))
     if not 0 <= warmup < 1:
         raise ValueError(f"`warmup` must be a fraction in [0, 1), got {warmup!r}")
     train_set = _as_dataset(train_data, "train_data")
@@ -238,7 +243,7 @@ def pretrain(
                 x, labels = _split_batch(batch)
                 x = x.to(device)
                 t = _targets(model, x, labels, target)
-                mask, low_res = explainer(x, return_low_res=True)
+                mask, low_res = explainer(x, target=t, return_low_res=True)
                 loss = objective(model, x, mask, low_res, t, fill).mean()
                 # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -258,7 +263,10 @@ def pretrain(
             explainer.eval()
             improved = val_set is None
             if val_set is not None:
-                record["val_pos_auc"] = validation_pos_auc(model, explainer, val_set, batch_size=batch_size, target=target, fill=fill, device=device)
+                record["val_pos_auc"] = validation_pos_auc(
+                    model, explainer, val_set, batch_size=batch_size, fill=fill, device=device,
+                    target="predicted" if target == "sampled" else target,  # the same classes every epoch
+                )
                 improved = state["best_val_pos_auc"] is None or record["val_pos_auc"] < state["best_val_pos_auc"]
             if improved:
                 state["best_epoch"], state["best_val_pos_auc"] = epoch + 1, record.get("val_pos_auc")

@@ -77,3 +77,30 @@ def test_pretrain_bad_arguments():
         pretrain(model, data().tensors[0], **dict(SETTINGS, epochs=1))
     with pytest.raises(TypeError, match="`train_data`"):
         pretrain(model, 3)
+
+
+def test_class_conditioned_explainer_learns_a_mask_per_class(tmp_path):
+    model = tiny_cnn()
+    before = snapshot(model)
+    explainer = pretrain(
+        model, data(), explainer_options={"num_classes": 5}, target="sampled", **dict(SETTINGS, epochs=2)
+    )
+    assert_unchanged(before, model)
+    assert explainer.config["num_classes"] == 5 and explainer.config["training"]["target"] == "sampled"
+    assert not torch.equal(explainer.class_scale.detach(), torch.ones(5, explainer.class_scale.shape[1]))
+    x = data(2, seed=4).tensors[0]
+    with torch.no_grad():
+        per_class = torch.stack([explainer(x, target=torch.full((2,), c)) for c in range(5)])
+    assert per_class.std(dim=0).max() > 1e-4  # the classes got different masks
+    with pytest.raises(ValueError, match="`target` is needed"):
+        explainer(x)
+    with pytest.raises(ValueError, match=r"`target` must hold one class in \[0, 5\)"):
+        explainer(x, target=torch.tensor([0, 5]))
+    explainer.save(tmp_path / "e")
+    ltx = LTX(model, str(tmp_path / "e"), finetune_steps=0)
+    maps = torch.stack([ltx.attribute(x, target=c)[:, :1] for c in (1, 3)])
+    with torch.no_grad():
+        assert torch.allclose(maps[1], explainer(x, target=torch.tensor([3, 3])), atol=1e-6)
+    assert not torch.allclose(maps[0], maps[1])
+    with pytest.raises(ValueError, match="`num_classes` must be a positive int"):
+        Explainer.from_model(model, num_classes=0)
