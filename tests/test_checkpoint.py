@@ -105,17 +105,23 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
     assert fresh.lr == 2e-3 and fresh.objective.mask_weight == 3.0
 
 
-def test_shipped_checkpoints_load_and_fit_together():
-    from captum_ltx.models import SHIPPED, create_model
+def test_shipped_checkpoints_fit_together():
+    from captum_ltx.models import SHIPPED
 
     shipped = [os.path.join(root, f) for root, _, files in os.walk(SHIPPED) if ".work" not in root for f in files]
     assert sum(map(os.path.getsize, shipped)) < 30 * 2**20  # every shipped checkpoint together (not training work)
-    model = create_model("fashion_cnn")
+    lite0 = json.load(open(os.path.join(SHIPPED, "efficientnet_lite0-ltx", "config.json")))
+    assert lite0["finetuning"] == {"lr": 3e-5, "mask_weight": 10.0}
+
+
+@pytest.mark.parametrize("name", ["fashion_cnn", "fashion_vit"])
+def test_shipped_fashion_models_and_their_explainers_load(name):
+    from captum_ltx.models import SHIPPED, create_model
+
+    model = create_model(name)
     assert model.num_classes == 10 and not model.training
-    ltx = LTX(model, os.path.join(SHIPPED, "fashion_cnn-ltx"))
-    assert ltx.lr == 3e-5 and ltx.objective.mask_weight == 10.0
+    ltx = LTX(model, os.path.join(SHIPPED, f"{name}-ltx"))
+    assert set(ltx.explainer.config["finetuning"]) == {"lr", "mask_weight"}
     x = torch.randn(1, 3, 64, 64)
     attr = ltx.attribute(x, target=3, finetune_steps=2)
     assert attr.shape == x.shape and 0 <= float(attr.min()) <= float(attr.max()) <= 1
-    lite0 = json.load(open(os.path.join(SHIPPED, "efficientnet_lite0-ltx", "config.json")))
-    assert lite0["finetuning"] == {"lr": 3e-5, "mask_weight": 10.0}

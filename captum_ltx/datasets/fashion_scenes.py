@@ -69,7 +69,7 @@ def _background(rng: np.random.Generator, size: int) -> Tensor:
     # two colours blended by smooth noise, plus fine grain: a texture, not a flat field
     coarse = torch.from_numpy(rng.random((1, 1, 6, 6), dtype=np.float32))
     blend = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)[0]
-    a, b = (torch.from_numpy(rng.uniform(0.0, 0.6, size=(3, 1, 1)).astype(np.float32)) for _ in range(2))
+    a, b = (torch.from_numpy(rng.uniform(0.0, 0.45, size=(3, 1, 1)).astype(np.float32)) for _ in range(2))
     grain = torch.from_numpy(rng.normal(0, 0.04, size=(1, size, size)).astype(np.float32))
     return (a * blend + b * (1 - blend) + grain).clamp(0, 1)
 
@@ -146,7 +146,8 @@ class FashionScenes(Dataset):
             largest = self.item_size[1] if len(chosen) == 1 else min(self.item_size[1], self.size // 2)
             side = int(rng.integers(self.item_size[0], largest + 1))
             item = F.interpolate(self.images[j].float()[None, None] / 255, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
-            tint = torch.from_numpy(rng.uniform(0.35, 1.0, size=(3, 1, 1)).astype(np.float32))
+            # brighter than the background at its darkest, so that every item stays visible to a person
+            tint = torch.from_numpy(rng.uniform(0.5, 1.0, size=(3, 1, 1)).astype(np.float32))
             if len(chosen) == 1:
                 y0, x0 = (int(rng.integers(self.size - side + 1)) for _ in range(2))
             else:
@@ -157,7 +158,7 @@ class FashionScenes(Dataset):
                 y0, x0 = (along, across) if vertical else (across, along)
             alpha = (item * 3).clamp(0, 1)  # opaque item, soft rim
             region = scene[:, y0:y0 + side, x0:x0 + side]
-            scene[:, y0:y0 + side, x0:x0 + side] = (1 - alpha) * region + alpha * tint * (0.3 + 0.7 * item)
+            scene[:, y0:y0 + side, x0:x0 + side] = (1 - alpha) * region + alpha * tint * (0.4 + 0.6 * item)
             masks[k, y0:y0 + side, x0:x0 + side] = alpha > 0.5
             target[int(self.labels[j])] += 1 / len(chosen)
         return (scene - self.mean) / self.std, target, masks
