@@ -48,6 +48,9 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
                         {"mask_weight": 10.0, "lr": 3e-5}),
     "fashion-cc-mw3": (["--mask-weight", "3", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}'],
                        {"mask_weight": 3.0, "lr": 3e-5}),
+    # both fixes together
+    "fashion-cc-mw10-ft3e-4": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4}),
+    "fashion-cc-mw10-ft1e-3": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 1e-3}),
     # finetuning settings on the long explainer (no new pretraining)
     "long-ft-lr3e-5": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-5}),
     "long-ft-lr3e-4": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-4}),
@@ -56,6 +59,7 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
 REUSE = {
     "long-ft-lr3e-5": "mw10-lr2e-4-long", "long-ft-lr3e-4": "mw10-lr2e-4-long", "long-ft-50steps": "mw10-lr2e-4-long",
     "fashion-mw10-ft3e-4": "fashion-mw10", "fashion-mw10-ft1e-3": "fashion-mw10",
+    "fashion-cc-mw10-ft3e-4": "fashion-cc-mw10", "fashion-cc-mw10-ft1e-3": "fashion-cc-mw10",
 }
 REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
 LOWER_IS_BETTER = ("del_auc", "pos_auc")

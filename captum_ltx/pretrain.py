@@ -39,7 +39,7 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     raise TypeError(f"data items must be images or (image, label) pairs, got {type(batch).__name__}")
 
 
-def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str) -> Tensor:
+def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str, draw: int = 0) -> Tensor:
     if target == "label":
         if labels is None:
             raise ValueError("`target='label'` needs (image, label) items; use target='predicted' for unlabelled data")
@@ -47,7 +47,9 @@ def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str) ->
     with torch.no_grad():
         logits = model(x)
     if target == "sampled":
-        return torch.multinomial(logits.float().softmax(dim=1), 1)[:, 0]
+        # a generator per batch (``draw``): a resumed run draws the classes an uninterrupted one would
+        generator = torch.Generator().manual_seed(draw)
+        return torch.multinomial(logits.float().softmax(dim=1).cpu(), 1, generator=generator)[:, 0].to(x.device)
     return logits.argmax(dim=1)
 
 
@@ -242,7 +244,7 @@ def pretrain(
             for i, batch in enumerate(bar):
                 x, labels = _split_batch(batch)
                 x = x.to(device)
-                t = _targets(model, x, labels, target)
+                t = _targets(model, x, labels, target, draw=((seed * 1009 + rank) * 1009 + epoch) * 100_003 + i)
                 mask, low_res = explainer(x, target=t, return_low_res=True)
                 loss = objective(model, x, mask, low_res, t, fill).mean()
                 # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
