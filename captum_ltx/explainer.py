@@ -18,6 +18,7 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "explainer.safetensors"
 FORMAT_VERSION = 1
 HEADS = ("mlp", "conv")
+CLASS_GAIN = 50.0
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
@@ -119,8 +120,10 @@ class Explainer(nn.Module):
         else:
             self.head = nn.Conv2d(channels, 1, 1)
         classes = config.get("num_classes")
-        # starts at ones: an untrained class embedding leaves the class-blind explainer unchanged
-        self.class_scale = nn.Parameter(torch.ones(classes, channels)) if classes else None
+        # the per-class scale is 1 + CLASS_GAIN * class_offset: zero at first (the class-blind explainer),
+        # and the gain lets it move at the backbone's small lr (without it, 2e-4 x 250 steps moved the
+        # scales by 1% and the masks did not depend on the class)
+        self.class_offset = nn.Parameter(torch.zeros(classes, channels)) if classes else None
         self.backbone.eval()
 
     # -- construction -------------------------------------------------------------------------------
@@ -252,14 +255,14 @@ class Explainer(nn.Module):
         """
         features = self.config["features"]
         grid = _feature_grid(_read_features(self.backbone, features, x, *additional_forward_args), x.shape[-2:], features)
-        if self.class_scale is not None:
-            classes = self.class_scale.shape[0]
+        if self.class_offset is not None:
+            classes = self.class_offset.shape[0]
             if target is None:
                 raise ValueError(f"`target` is needed: this explainer makes a mask per class ({classes} classes)")
             target = torch.as_tensor(target, device=grid.device).long().reshape(-1)
             if target.shape[0] != grid.shape[0] or bool(((target < 0) | (target >= classes)).any()):
                 raise ValueError(f"`target` must hold one class in [0, {classes}) per image, got {target.tolist()}")
-            grid = grid * self.class_scale[target][:, :, None, None]
+            grid = grid * (1 + CLASS_GAIN * self.class_offset[target])[:, :, None, None]
         low_res = torch.sigmoid(self.head(grid))
         mask = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (mask, low_res) if return_low_res else mask
