@@ -35,7 +35,6 @@ ARCHITECTURES = {
     "vit-hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 4, "num_heads": 3}),
     # a small ResNet at output stride 8: an 8 x 8 last feature map
     "cnn": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 96, 128), "output_stride": 8}),
-    "cnn-tiny": ("test_resnet", {"output_stride": 8}),
 }
 
 

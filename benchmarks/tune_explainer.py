@@ -131,6 +131,8 @@ def main() -> None:
             values["spread"] = spread
             finetuning = json.dumps(ltx_options) if method == "ltx" else "(no finetuning)"
             rows.append((name, " ".join(shlex.quote(a) for a in pretrain_args), f"{method} {finetuning}", values))
+    for values, rank in zip((v for *_, v in rows), mean_ranks([v for *_, v in rows])):
+        values["rank"] = rank
     # the bar to clear, on the same validation composites
     baselines = os.path.join(args.work, args.model, "baselines-val")
     cli(["benchmark", "--model", args.model, "--track", args.val_track, "--split", "val", "--n", str(args.val_images),
@@ -138,7 +140,7 @@ def main() -> None:
     records = load_results(baselines)
     for method in ("gradcam", "dix", "random"):
         values = {k: np.mean([r["metrics"][k] for r in records if r["method"] == method]) for k in REPORTED}
-        rows.append(("baseline", "", method, {**values, "spread": float("nan")}))
+        rows.append(("baseline", "", method, {**values, "spread": float("nan"), "rank": float("nan")}))
     lines = [
         f"# LTX explainer settings for {args.model}, chosen on the validation split",
         "",
@@ -153,9 +155,8 @@ def main() -> None:
         "| setting | pretraining arguments | method (finetuning options) | " + " | ".join(REPORTED) + " | pLTX spread | mean rank |",
         "|---" * (len(REPORTED) + 5) + "|",
     ]
-    ranks = mean_ranks([values for name, _, _, values in rows if name != "baseline"])
-    for (name, pretrain_args, method, values), rank in zip(rows, ranks + [float("nan")] * len(rows)):
-        lines.append(f"| {name} | `{pretrain_args}` | {method} | " + " | ".join(f"{values[k]:.3f}" if k in ("mass_inside", "miou", "pointing_game") else f"{values[k]:.1f}" for k in REPORTED) + f" | {values['spread']:.3f} | {rank:.1f} |")
+    for name, pretrain_args, method, values in rows:
+        lines.append(f"| {name} | `{pretrain_args}` | {method} | " + " | ".join(f"{values[k]:.3f}" if k in ("mass_inside", "miou", "pointing_game") else f"{values[k]:.1f}" for k in REPORTED) + f" | {values['spread']:.3f} | {values['rank']:.1f} |")
     lines += ["", "del_auc, pos_auc: lower is better; the others: higher is better. pLTX spread: standard deviation "
               "across the validation images of the pretrained explainer's mask, averaged over pixels; near 0 means "
               "the explainer has collapsed to one mask for every image. Mean rank: over the seven metrics, among the "

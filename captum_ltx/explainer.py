@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ._cnn import spatial_outputs
 from ._model import architecture_fingerprint, check_normalization, normalization_of
+from ._validation import format_target
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "explainer.safetensors"
@@ -250,8 +251,8 @@ class Explainer(nn.Module):
         """Returns the mask (B, 1, H, W) in [0, 1], and with ``return_low_res`` also the (B, 1, h, w) mask.
 
         ``additional_forward_args`` reach a backbone that is a whole copied model (features read by a
-        hook), for models that take more than the image. ``target`` (B,) class indices: needed by a
-        class-conditioned explainer, ignored by a class-blind one.
+        hook), for models that take more than the image. ``target`` (any Captum class form): needed by
+        a class-conditioned explainer, ignored by a class-blind one.
         """
         features = self.config["features"]
         grid = _feature_grid(_read_features(self.backbone, features, x, *additional_forward_args), x.shape[-2:], features)
@@ -259,9 +260,7 @@ class Explainer(nn.Module):
             classes = self.class_offset.shape[0]
             if target is None:
                 raise ValueError(f"`target` is needed: this explainer makes a mask per class ({classes} classes)")
-            target = torch.as_tensor(target, device=grid.device).long().reshape(-1)
-            if target.shape[0] != grid.shape[0] or bool(((target < 0) | (target >= classes)).any()):
-                raise ValueError(f"`target` must hold one class in [0, {classes}) per image, got {target.tolist()}")
+            target = format_target(target, grid.shape[0], classes).to(grid.device)
             grid = grid * (1 + CLASS_GAIN * self.class_offset[target])[:, :, None, None]
         low_res = torch.sigmoid(self.head(grid))
         mask = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)

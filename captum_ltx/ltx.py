@@ -106,7 +106,6 @@ class LTXAttribution(Attribution):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         self.weight_decay = float(weight_decay)
-        self._counterfactual = bool(counterfactual)
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.finetune = check_choice(finetune, "finetune", FINETUNED_PARTS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
@@ -127,7 +126,7 @@ class LTXAttribution(Attribution):
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
         self.lr = float(lr if lr is not None else chosen.get("lr", DEFAULT_LR))
         mask_weight = float(mask_weight if mask_weight is not None else chosen.get("mask_weight", DEFAULT_MASK_WEIGHT))
-        self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=self._counterfactual)
+        self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=bool(counterfactual))
 
         if normalization is not None:
             self.normalization = check_normalization(normalization)

@@ -97,11 +97,16 @@ def test_class_conditioned_explainer_learns_a_mask_per_class(tmp_path):
     assert per_class.std(dim=0).max() > 1e-4  # the classes got different masks
     with pytest.raises(ValueError, match="`target` is needed"):
         explainer(x)
-    with pytest.raises(ValueError, match=r"`target` must hold one class in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"`target` values must lie in \[0, 5\)"):
         explainer(x, target=torch.tensor([0, 5]))
     explainer.save(tmp_path / "e")
     ltx = LTX(model, str(tmp_path / "e"), finetune_steps=0)
+    before = snapshot(model)
     maps = torch.stack([ltx.attribute(x, target=c)[:, :1] for c in (1, 3)])
+    assert_unchanged(before, model)
+    finetuned = LTX(model, str(tmp_path / "e"), finetune_steps=2).attribute(x, target=[1, 3])
+    assert finetuned.shape == x.shape
+    assert_unchanged(before, model)
     with torch.no_grad():
         assert torch.allclose(maps[1], explainer(x, target=torch.tensor([3, 3])), atol=1e-6)
     assert not torch.allclose(maps[0], maps[1])
