@@ -33,8 +33,11 @@ ARCHITECTURES = {
     # the same grid and blocks with one convolution (stride 4) before 2 x 2 patches: early convolutions
     # make small ViTs learn much faster (Xiao et al., 2021)
     "vit-hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 4, "num_heads": 3}),
+    # the shipped checkpoints were still underfitting (training accuracy = validation accuracy): more blocks
+    "vit-hybrid-6-blocks": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3}),
     # a small ResNet at output stride 8: an 8 x 8 last feature map
     "cnn": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 96, 128), "output_stride": 8}),
+    "cnn-2-blocks": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8}),
 }
 
 
@@ -80,6 +83,9 @@ def main() -> None:
     name, kwargs = ARCHITECTURES[args.arch]
     kwargs = {**kwargs, "num_classes": 10, "pretrained_cfg_overlay": {**NORMALIZATION, "input_size": (3, 64, 64)}}
     model = timm.create_model(name, pretrained=False, **kwargs)
+    # channels-last convolutions train a quarter faster on CPU; saved weights are made contiguous again
+    memory_format = torch.channels_last if args.arch.startswith("cnn") else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps = args.epochs * (args.train_size // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
@@ -100,7 +106,7 @@ def main() -> None:
         loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=True)
         bar = tqdm(loader, desc=f"{args.arch} epoch {epoch + 1}/{args.epochs}")
         for x, target, _ in bar:
-            loss = -(target * F.log_softmax(model(x), dim=1)).sum(1).mean()
+            loss = -(target * F.log_softmax(model(x.to(memory_format=memory_format)), dim=1)).sum(1).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -51,6 +51,10 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
     # both fixes together
     "fashion-cc-mw10-ft3e-4": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4}),
     "fashion-cc-mw10-ft1e-3": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 1e-3}),
+    "fashion-cc-mw3-ft3e-4": (["(as fashion-cc-mw3)"], {"mask_weight": 3.0, "lr": 3e-4}),
+    # twice the reference's 25 finetuning steps
+    "fashion-cc-mw3-ft3e-4-50steps": (["(as fashion-cc-mw3)"], {"mask_weight": 3.0, "lr": 3e-4, "finetune_steps": 50}),
+    "fashion-cc-mw10-ft3e-4-50steps": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50}),
     # finetuning settings on the long explainer (no new pretraining)
     "long-ft-lr3e-5": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-5}),
     "long-ft-lr3e-4": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-4}),
@@ -60,6 +64,8 @@ REUSE = {
     "long-ft-lr3e-5": "mw10-lr2e-4-long", "long-ft-lr3e-4": "mw10-lr2e-4-long", "long-ft-50steps": "mw10-lr2e-4-long",
     "fashion-mw10-ft3e-4": "fashion-mw10", "fashion-mw10-ft1e-3": "fashion-mw10",
     "fashion-cc-mw10-ft3e-4": "fashion-cc-mw10", "fashion-cc-mw10-ft1e-3": "fashion-cc-mw10",
+    "fashion-cc-mw3-ft3e-4": "fashion-cc-mw3", "fashion-cc-mw3-ft3e-4-50steps": "fashion-cc-mw3",
+    "fashion-cc-mw10-ft3e-4-50steps": "fashion-cc-mw10",
 }
 REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
 LOWER_IS_BETTER = ("del_auc", "pos_auc")

@@ -110,7 +110,8 @@ def pretrain(args: argparse.Namespace) -> None:
         mask_weight=args.mask_weight, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
         seed=args.seed, explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
-    finetuning = {k: v for k, v in (("lr", args.finetune_lr), ("mask_weight", args.finetune_mask_weight)) if v is not None}
+    finetuning = {k: v for k, v in (("lr", args.finetune_lr), ("mask_weight", args.finetune_mask_weight),
+                                    ("finetune_steps", args.finetune_steps)) if v is not None}
     if finetuning:  # LTX(model, checkpoint) uses these unless told otherwise
         explainer.config["finetuning"] = finetuning
     explainer.save(args.out)
@@ -161,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-weight", type=float, default=3.0)
     p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
     p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")
+    p.add_argument("--finetune-steps", type=int, default=None, help="finetuning steps per image recorded in the checkpoint")
     p.add_argument("--target", default="predicted", choices=("predicted", "label", "sampled"),
                    help="class each training image is explained for; 'sampled' draws it from the model's softmax")
     p.add_argument("--explainer-options", default="{}", help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}')

@@ -28,6 +28,7 @@ from .metrics.perturbation import perturbation_auc
 from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
 
 DEFAULT_LR = 2e-3
+DEFAULT_FINETUNE_STEPS = 25
 
 SELECTIONS = ("loss", "last", "pos_auc")
 FINETUNED_PARTS = ("all", "head")
@@ -58,7 +59,8 @@ class LTXAttribution(Attribution):
             its checkpoint folder, or ``None`` to derive one from ``forward_func`` at the first call (a
             copy of its backbone plus a fresh mask head; ``explainer_options`` go to
             :meth:`Explainer.from_model`).
-        finetune_steps (int): gradient steps per image. Default 25, as in the reference.
+        finetune_steps (int, optional): gradient steps per image. Default: the checkpoint's
+            ``config["finetuning"]``, else 25, as in the reference.
         lr (float, optional): AdamW learning rate of finetuning. Default: the one recorded in the
             explainer checkpoint (``config["finetuning"]``, chosen with it on validation data), else
             2e-3, the reference's flag, which suits a fresh head. A pretrained explainer wants far less:
@@ -87,7 +89,7 @@ class LTXAttribution(Attribution):
         forward_func: Callable[..., Tensor],
         explainer: Explainer | str | os.PathLike[str] | None = None,
         *,
-        finetune_steps: int = 25,
+        finetune_steps: int | None = None,
         lr: float | None = None,
         weight_decay: float = 0.01,
         mask_weight: float | None = None,
@@ -101,7 +103,8 @@ class LTXAttribution(Attribution):
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        self.finetune_steps = check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
+        if finetune_steps is not None:
+            check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
         for name, value in (("lr", lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
@@ -125,6 +128,7 @@ class LTXAttribution(Attribution):
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
         self.lr = float(lr if lr is not None else chosen.get("lr", DEFAULT_LR))
+        self.finetune_steps = int(finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS))
         mask_weight = float(mask_weight if mask_weight is not None else chosen.get("mask_weight", DEFAULT_MASK_WEIGHT))
         self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=bool(counterfactual))
 
