@@ -97,7 +97,8 @@ def mean_ranks(rows: list[dict[str, float]]) -> list[float]:
     if not rows:
         return []
     table = np.array([[r[k] if k in LOWER_IS_BETTER else -r[k] for k in REPORTED] for r in rows])
-    ranks = table.argsort(axis=0).argsort(axis=0) + 1
+    # tied rows share the better rank instead of being ordered by their place in the table
+    ranks = (table[None, :, :] < table[:, None, :]).sum(axis=1) + 1
     return ranks.mean(axis=1).tolist()
 
 
@@ -132,7 +133,8 @@ def main() -> None:
              "--methods", "ltx,pltx", "--no-sanity", "--options", json.dumps(options), "--out", os.path.join(folder, "val")])
         records = load_results(os.path.join(folder, "val"))
         spread = mask_spread(args.model, checkpoint, args.val_images, args.val_track)
-        for method in ("pltx", "ltx"):
+        # pLTX depends only on the explainer: one row, under the setting that pretrains it
+        for method in ("ltx",) if name in REUSE else ("pltx", "ltx"):
             values = {k: np.mean([r["metrics"][k] for r in records if r["method"] == method]) for k in REPORTED}
             values["spread"] = spread
             finetuning = json.dumps(ltx_options) if method == "ltx" else "(no finetuning)"
@@ -166,7 +168,8 @@ def main() -> None:
     lines += ["", "del_auc, pos_auc: lower is better; the others: higher is better. pLTX spread: standard deviation "
               "across the validation images of the pretrained explainer's mask, averaged over pixels; near 0 means "
               "the explainer has collapsed to one mask for every image. Mean rank: over the seven metrics, among the "
-              "LTX and pLTX rows (1 = best); the setting is chosen by it."]
+              "LTX and pLTX rows (1 = best; tied rows share the better rank); the setting is chosen by it. A setting "
+              "that reuses another's explainer has no pLTX row of its own."]
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -101,6 +101,8 @@ def pretrain(args: argparse.Namespace) -> None:
     from .datasets import ImagesAndLabels, create_dataset
     from .pretrain import pretrain as run_pretraining
 
+    if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
+        raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
     torch.manual_seed(args.seed)
     model = _model(args)
     train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed))

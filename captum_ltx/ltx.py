@@ -103,8 +103,6 @@ class LTXAttribution(Attribution):
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        if finetune_steps is not None:
-            check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
         for name, value in (("lr", lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
@@ -128,7 +126,9 @@ class LTXAttribution(Attribution):
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
         self.lr = float(lr if lr is not None else chosen.get("lr", DEFAULT_LR))
-        self.finetune_steps = int(finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS))
+        self.finetune_steps = check_positive_int(
+            finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
+            "finetune_steps", allow_zero=True)
         mask_weight = float(mask_weight if mask_weight is not None else chosen.get("mask_weight", DEFAULT_MASK_WEIGHT))
         self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=bool(counterfactual))
 

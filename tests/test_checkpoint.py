@@ -103,6 +103,10 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
     assert explicit.lr == 1e-3 and explicit.objective.mask_weight == 2.0 and explicit.finetune_steps == 0
     fresh = LTX(model)
     assert fresh.lr == 2e-3 and fresh.objective.mask_weight == 3.0 and fresh.finetune_steps == 25
+    explainer.config["finetuning"] = {"finetune_steps": -1}
+    explainer.save(tmp_path / "bad")
+    with pytest.raises(ValueError, match="`finetune_steps` must be an int >= 0, got -1"):
+        LTX(model, str(tmp_path / "bad"))
 
 
 def test_shipped_checkpoints_fit_together():

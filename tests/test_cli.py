@@ -39,5 +39,7 @@ def test_bad_arguments_are_named():
         main(["explain", "no-such-file.jpg"])
     with pytest.raises(SystemExit, match="`--options` must be JSON"):
         main(["benchmark", "--track", "imagenet-photos", "--out", "x", "--options", "{"])
+    with pytest.raises(SystemExit, match="`--finetune-steps` must be an int >= 0, got -2"):
+        main(["pretrain", "--out", "x", "--finetune-steps", "-2"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark"])  # --track and --out are required
