@@ -81,6 +81,7 @@ def _validation(model_name: str, n: int, track: str) -> tuple:
     return model, create_track(track, model, n=n, split="val")
 
 
+@functools.lru_cache(maxsize=None)  # settings that reuse an explainer share its spread
 def mask_spread(model_name: str, checkpoint: str, n: int, track: str) -> float:
     import torch
 
