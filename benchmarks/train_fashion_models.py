@@ -4,6 +4,7 @@
     python benchmarks/train_fashion_models.py --arch cnn-2-blocks --epochs 40 --train-size 24000 --lr 2e-3 --out checkpoints/fashion-cnn
 
 (the shipped checkpoints: about 85 minutes each, side by side on 2 CPU cores with OMP_NUM_THREADS=1).
+``--init CHECKPOINT`` continues a saved model with a new learning-rate cycle.
 
 Trains on one- and two-item training scenes (soft targets), keeps the epoch with the best validation
 accuracy, and writes model.safetensors + config.json with the test accuracies: top-1 on one-item test
@@ -41,10 +42,10 @@ ARCHITECTURES = {
 }
 
 
-def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test") -> dict[str, float]:
+def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test", root: str | None = None) -> dict[str, float]:
     model.eval()
-    one = FashionScenes(split, length=n, items=1, seed=seed + 1)
-    two = FashionScenes(split, length=n, items=2, seed=seed + 2)
+    one = FashionScenes(split, length=n, items=1, seed=seed + 1, root=root)
+    two = FashionScenes(split, length=n, items=2, seed=seed + 2, root=root)
     hits = {"one_item_top1": 0, "two_items_both_in_top2": 0}
     with torch.no_grad():
         for key, data in (("one_item_top1", one), ("two_items_both_in_top2", two)):
@@ -59,6 +60,19 @@ def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test") -
     return {k: v / n for k, v in hits.items()}
 
 
+def _read_init(path: str, name: str, kwargs: dict) -> dict:
+    """The config of the model that ``--init`` continues, checked against the architecture to train."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise SystemExit(f"--init {path!r} must be a folder written by this script (config.json and model.safetensors)")
+    with open(config_path) as f:
+        config = json.load(f)
+    # JSON turns tuples into lists
+    if config.get("architecture") != name or config.get("kwargs") != json.loads(json.dumps(kwargs)):
+        raise SystemExit(f"--init {path!r} holds a {config.get('architecture')} with {config.get('kwargs')}, not the --arch to train ({name} with {kwargs})")
+    return {k: config[k] for k in ("made_by", "test_accuracy", "validation_history") if k in config}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES))
@@ -69,12 +83,16 @@ def main() -> None:
     parser.add_argument("--eval-size", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
+    parser.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: where `make fashion-assets` unpacks them)")
+    parser.add_argument("--init", metavar="CHECKPOINT",
+                        help="continue training a saved model of the same --arch: its weights with a new learning-rate cycle; "
+                             "epochs and training scenes carry on after its own, and it stays the kept model unless an epoch beats it on validation")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", help="only measure the accuracies of a saved model")
     parser.add_argument("--evaluate-split", default="test", choices=("train", "val", "test"),
                         help="scenes --evaluate uses: training scenes against validation ones tell underfitting from overfitting")
     args = parser.parse_args()
     if args.evaluate:
-        print(accuracies(load_timm_model(args.evaluate), args.seed, args.eval_size, split=args.evaluate_split))
+        print(accuracies(load_timm_model(args.evaluate), args.seed, args.eval_size, split=args.evaluate_split, root=args.data_root))
         return
     if not (args.arch and args.out):
         parser.error("--arch and --out are required to train (or give --evaluate CHECKPOINT)")
@@ -93,7 +111,11 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     work = args.out + ".work"
     state_path = os.path.join(work, "state.json")
-    start, best, history = 0, -1.0, []
+    initialised_from = _read_init(args.init, name, kwargs) if args.init else {}
+    # a continued model's epochs, and the seeds of their training scenes, carry on after its own
+    history = initialised_from.pop("validation_history", [])
+    offset = start = len(history)
+    best = -1.0
     if os.path.isfile(state_path):
         with open(state_path) as f:
             state = json.load(f)
@@ -102,11 +124,17 @@ def main() -> None:
         _load_optimizer(optimizer, os.path.join(work, "optimizer.safetensors"), state["param_groups"])
         schedule.load_state_dict(state["schedule"])
         print(f"resuming after epoch {start}")
-    for epoch in range(start, args.epochs):
+    elif args.init:
+        model.load_state_dict(load_timm_model(args.init).state_dict())
+        val = accuracies(model, args.seed, args.eval_size // 2, split="val", root=args.data_root)
+        best = val["one_item_top1"] + val["two_items_both_in_top2"]
+        print(f"{args.init}: validation {val}")
+        save_timm_model(model, os.path.join(work, "best"), name, kwargs)
+    for epoch in range(start, offset + args.epochs):
         model.train()
-        data = FashionScenes("train", length=args.train_size, items="mixed", seed=args.seed + 100 * (epoch + 1))
+        data = FashionScenes("train", length=args.train_size, items="mixed", seed=args.seed + 100 * (epoch + 1), root=args.data_root)
         loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=True)
-        bar = tqdm(loader, desc=f"{args.arch} epoch {epoch + 1}/{args.epochs}")
+        bar = tqdm(loader, desc=f"{args.arch} epoch {epoch + 1}/{offset + args.epochs}")
         for x, target, _ in bar:
             loss = -(target * F.log_softmax(model(x.to(memory_format=memory_format)), dim=1)).sum(1).mean()
             optimizer.zero_grad()
@@ -114,7 +142,7 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = accuracies(model, args.seed, args.eval_size // 2, split="val")
+        val = accuracies(model, args.seed, args.eval_size // 2, split="val", root=args.data_root)
         score = val["one_item_top1"] + val["two_items_both_in_top2"]
         history.append({"epoch": epoch + 1, **val})
         print(f"epoch {epoch + 1}: validation {val}")
@@ -126,11 +154,13 @@ def main() -> None:
         with open(state_path, "w") as f:
             json.dump({"epoch": epoch + 1, "best": best, "history": history, "param_groups": groups, "schedule": schedule.state_dict()}, f)
     model = load_timm_model(os.path.join(work, "best"))
-    test = accuracies(model, args.seed, args.eval_size)
+    test = accuracies(model, args.seed, args.eval_size, root=args.data_root)
     command = "python benchmarks/train_fashion_models.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not k.startswith("evaluate"))
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not k.startswith("evaluate") and k != "data_root")
+    if initialised_from:
+        initialised_from = {"initialised_from": initialised_from}
     save_timm_model(model, args.out, name, kwargs, test_accuracy=test, test_scenes_per_kind=args.eval_size,
-                    validation_history=history, made_by=command)
+                    validation_history=history, made_by=command, **initialised_from)
     print(f"test: {test}; wrote {args.out}")
 
 

@@ -1,5 +1,6 @@
 import copy
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -77,3 +78,21 @@ def assert_unchanged(before: dict, model: nn.Module) -> None:
         assert (g is None) == (after["grad"][k] is None), k
         if g is not None:
             assert torch.equal(g, after["grad"][k]), k
+
+
+@pytest.fixture
+def fake_fashion(tmp_path):
+    """IDX files of 60,010 training and 20 test "items" (filled squares), classes 0..9 in turn."""
+    import gzip
+
+    def write(name, array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+        with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
+            f.write(header + array.astype(np.uint8).tobytes())
+
+    for part, n in (("train", 60_010), ("t10k", 20)):
+        images = np.zeros((n, 28, 28), dtype=np.uint8)
+        images[:, 4:24, 4:24] = 255
+        write(f"{part}-images-idx3-ubyte", images)
+        write(f"{part}-labels-idx1-ubyte", np.arange(n) % 10)
+    return str(tmp_path)

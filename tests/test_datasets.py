@@ -79,24 +79,6 @@ def test_missing_packages_say_how_to_get_them(tmp_path, monkeypatch):
         split_assets("training", str(tmp_path))
 
 
-@pytest.fixture
-def fake_fashion(tmp_path):
-    """IDX files of 60,010 training and 20 test "items" (filled squares), classes 0..9 in turn."""
-    import gzip
-
-    def write(name, array):
-        header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
-        with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
-            f.write(header + array.astype(np.uint8).tobytes())
-
-    for part, n in (("train", 60_010), ("t10k", 20)):
-        images = np.zeros((n, 28, 28), dtype=np.uint8)
-        images[:, 4:24, 4:24] = 255
-        write(f"{part}-images-idx3-ubyte", images)
-        write(f"{part}-labels-idx1-ubyte", np.arange(n) % 10)
-    return str(tmp_path)
-
-
 def test_fashion_scenes_masks_targets_and_splits(fake_fashion):
     from captum_ltx.datasets.fashion_scenes import FashionScenes, read_idx
 

@@ -1,0 +1,57 @@
+"""benchmarks/train_fashion_models.py on stand-in Fashion-MNIST files: training, and continuing a saved model."""
+
+import ast
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "train_fashion_models.py")
+
+
+def run(monkeypatch, *args: str) -> None:
+    spec = importlib.util.spec_from_file_location("train_fashion_models", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(sys, "argv", ["train_fashion_models.py", *args])
+    script.main()
+
+
+def config(path) -> dict:
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f)
+
+
+def test_init_continues_a_saved_model(fake_fashion, tmp_path, monkeypatch, capsys):
+    small = ["--train-size", "64", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--lr", "1e-3", "--out", first, *small)
+    run(monkeypatch, "--arch", "cnn", "--epochs", "2", "--lr", "1e-4", "--init", first, "--out", second, *small)
+    before, after = config(first), config(second)
+    # epochs, and so the seeds of their training scenes, carry on after the first run's
+    assert [h["epoch"] for h in after["validation_history"]] == [1, 2, 3]
+    assert after["validation_history"][0] == before["validation_history"][0]
+    assert after["initialised_from"] == {"made_by": before["made_by"], "test_accuracy": before["test_accuracy"]}
+    assert f"--init {first}" in after["made_by"] and "--data-root" not in after["made_by"]
+    # the continued run starts from the first run's weights: their validation accuracy, measured again, is the first's
+    reported = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{first}: validation "))
+    kept = {k: v for k, v in before["validation_history"][0].items() if k != "epoch"}
+    assert ast.literal_eval(reported.split("validation ", 1)[1]) == kept
+    assert set(load_file(os.path.join(second, "model.safetensors"))) == set(load_file(os.path.join(first, "model.safetensors")))
+
+    with pytest.raises(SystemExit, match="--init .* not the --arch to train"):
+        run(monkeypatch, "--arch", "vit", "--epochs", "1", "--init", first, "--out", str(tmp_path / "vit"), *small)
+    with pytest.raises(SystemExit, match="--init .* must be a folder"):
+        run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--init", str(tmp_path), "--out", str(tmp_path / "none"), *small)
+
+
+def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "model")
+    run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--train-size", "32", "--batch-size", "32", "--eval-size", "20",
+        "--data-root", fake_fashion, "--out", out)
+    capsys.readouterr()
+    run(monkeypatch, "--evaluate", out, "--eval-size", "20", "--data-root", fake_fashion)
+    assert ast.literal_eval(capsys.readouterr().out.strip()) == config(out)["test_accuracy"]
