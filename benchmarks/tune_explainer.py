@@ -55,6 +55,11 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
     # twice the reference's 25 finetuning steps
     "fashion-cc-mw3-ft3e-4-50steps": (["(as fashion-cc-mw3)"], {"mask_weight": 3.0, "lr": 3e-4, "finetune_steps": 50}),
     "fashion-cc-mw10-ft3e-4-50steps": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50}),
+    # three times longer pretraining of the class-conditioned explainers
+    "fashion-cc-mw3-long": (["--mask-weight", "3", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}',
+                             "--train-size", "12000"], {"mask_weight": 3.0, "lr": 3e-4, "finetune_steps": 50}),
+    "fashion-cc-mw10-long": (["--mask-weight", "10", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}',
+                              "--train-size", "12000"], {"mask_weight": 10.0, "lr": 3e-4}),
     # finetuning settings on the long explainer (no new pretraining)
     "long-ft-lr3e-5": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-5}),
     "long-ft-lr3e-4": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-4}),
