@@ -164,10 +164,9 @@ def main() -> None:
     test = accuracies(model, args.seed, args.eval_size, root=args.data_root)
     command = "python benchmarks/train_fashion_models.py " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not k.startswith("evaluate") and k != "data_root")
-    if initialised_from:
-        initialised_from = {"initialised_from": initialised_from}
+    provenance = {"initialised_from": initialised_from} if initialised_from else {}
     save_timm_model(model, args.out, name, kwargs, test_accuracy=test, test_scenes_per_kind=args.eval_size,
-                    validation_history=history, made_by=command, **initialised_from)
+                    validation_history=history, made_by=command, **provenance)
     print(f"test: {test}; wrote {args.out}")
 
 
