@@ -11,7 +11,7 @@ both still underfitting, continued with a new learning-rate cycle (about 75 minu
     python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init outputs/fashion-vit-stage1 --epochs 30 --train-size 24000 --lr 5e-4 --out checkpoints/fashion-vit
     python benchmarks/train_fashion_models.py --arch cnn-2-blocks --init outputs/fashion-cnn-stage1 --epochs 34 --train-size 24000 --lr 1e-3 --out checkpoints/fashion-cnn
 
-Each config.json records its command (``made_by``) and the first run's (``initialised_from``).
+Each config.json records its command (``made_by``) and, nested, those of the runs it continued (``initialised_from``).
 
 Trains on one- and two-item training scenes (soft targets), keeps the epoch with the best validation
 accuracy, and writes model.safetensors + config.json with the test accuracies: top-1 on one-item test
@@ -77,7 +77,8 @@ def _read_init(path: str, name: str, kwargs: dict) -> dict:
     # JSON turns tuples into lists
     if config.get("architecture") != name or config.get("kwargs") != json.loads(json.dumps(kwargs)):
         raise SystemExit(f"--init {path!r} holds a {config.get('architecture')} with {config.get('kwargs')}, not the --arch to train ({name} with {kwargs})")
-    return {k: config[k] for k in ("made_by", "test_accuracy", "validation_history") if k in config}
+    # a model that was itself continued keeps its own provenance, so the chain of runs stays readable
+    return {k: config[k] for k in ("made_by", "test_accuracy", "validation_history", "initialised_from") if k in config}
 
 
 def main() -> None:

@@ -41,6 +41,12 @@ def test_init_continues_a_saved_model(fake_fashion, tmp_path, monkeypatch, capsy
     kept = {k: v for k, v in before["validation_history"][0].items() if k != "epoch"}
     assert ast.literal_eval(reported.split("validation ", 1)[1]) == kept
     assert set(load_file(os.path.join(second, "model.safetensors"))) == set(load_file(os.path.join(first, "model.safetensors")))
+    # a model continued twice keeps the whole chain of runs
+    third = str(tmp_path / "third")
+    run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--lr", "1e-4", "--init", second, "--out", third, *small)
+    assert config(third)["initialised_from"] == {"made_by": after["made_by"], "test_accuracy": after["test_accuracy"],
+                                                 "initialised_from": after["initialised_from"]}
+    assert [h["epoch"] for h in config(third)["validation_history"]] == [1, 2, 3, 4]
 
     with pytest.raises(SystemExit, match="--init .* not the --arch to train"):
         run(monkeypatch, "--arch", "vit", "--epochs", "1", "--init", first, "--out", str(tmp_path / "vit"), *small)
