@@ -64,6 +64,10 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
     # class, which asks the mask to hold all of the evidence that removal metrics (POS, deletion) take away
     "fashion-cc-mw3-ft3e-4-50steps-cf": (["(as fashion-cc-mw3)"], {"mask_weight": 3.0, "lr": 3e-4, "finetune_steps": 50, "counterfactual": True}),
     "fashion-cc-mw10-ft3e-4-50steps-cf": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50, "counterfactual": True}),
+    # the same finetuning, explained by the average of the masks along its path: the pixels kept from
+    # the first steps on come first, where the last masks cover the whole item evenly
+    "fashion-cc-mw3-ft3e-4-50steps-mean": (["(as fashion-cc-mw3)"], {"mask_weight": 3.0, "lr": 3e-4, "finetune_steps": 50, "selection": "mean"}),
+    "fashion-cc-mw10-ft3e-4-50steps-mean": (["(as fashion-cc-mw10)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50, "selection": "mean"}),
     # finetuning settings on the long explainer (no new pretraining)
     "long-ft-lr3e-5": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-5}),
     "long-ft-lr3e-4": (["(as mw10-lr2e-4-long)"], {"mask_weight": 10.0, "lr": 3e-4}),
@@ -76,6 +80,7 @@ REUSE = {
     "fashion-cc-mw3-ft3e-4": "fashion-cc-mw3", "fashion-cc-mw3-ft3e-4-50steps": "fashion-cc-mw3",
     "fashion-cc-mw10-ft3e-4-50steps": "fashion-cc-mw10",
     "fashion-cc-mw3-ft3e-4-50steps-cf": "fashion-cc-mw3", "fashion-cc-mw10-ft3e-4-50steps-cf": "fashion-cc-mw10",
+    "fashion-cc-mw3-ft3e-4-50steps-mean": "fashion-cc-mw3", "fashion-cc-mw10-ft3e-4-50steps-mean": "fashion-cc-mw10",
 }
 REPORTED = ("del_auc", "ins_auc", "pos_auc", "neg_auc", "mass_inside", "miou", "pointing_game")
 LOWER_IS_BETTER = ("del_auc", "pos_auc")
@@ -138,7 +143,7 @@ def main() -> None:
                  "--train-size", str(args.train_size), "--epochs", str(args.epochs),
                  "--val-size", "32", "--out", checkpoint, "--checkpoint-dir", os.path.join(folder, "work")] + pretrain_args)
         options = {m: {"explainer": checkpoint, **ltx_options} for m in ("ltx", "pltx")}
-        for finetuning_only in ("mask_weight", "lr", "finetune_steps", "counterfactual"):
+        for finetuning_only in ("mask_weight", "lr", "finetune_steps", "counterfactual", "selection"):
             options["pltx"].pop(finetuning_only, None)
         cli(["benchmark", "--model", args.model, "--track", args.val_track, "--split", "val", "--n", str(args.val_images),
              "--methods", "ltx,pltx", "--no-sanity", "--options", json.dumps(options), "--out", os.path.join(folder, "val")])

@@ -120,7 +120,15 @@ def test_finetuning_lowers_the_objective(images):
     assert losses[1] < losses[0]
 
 
-@pytest.mark.parametrize("selection", ["loss", "last", "pos_auc"])
+def test_mean_selection_averages_the_finetuning_path(images):
+    last = LTX(tiny_cnn(), finetune_steps=3, selection="last", lr=1e-2)
+    path = [last.attribute(images[:1], target=1, finetune_steps=k) for k in range(4)]
+    mean = LTX(last.forward_func, last.explainer, finetune_steps=3, selection="mean", lr=1e-2)
+    torch.testing.assert_close(mean.attribute(images[:1], target=1), torch.stack(path).mean(dim=0))
+    assert not torch.allclose(path[0], path[-1])
+
+
+@pytest.mark.parametrize("selection", ["loss", "last", "mean", "pos_auc"])
 def test_selection_modes_and_counterfactual(selection, images):
     ltx = LTX(tiny_cnn(), finetune_steps=STEPS, selection=selection, counterfactual=True)
     attr = ltx.attribute(images[:2], target=1)
