@@ -61,3 +61,9 @@ def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypat
     capsys.readouterr()
     run(monkeypatch, "--evaluate", out, "--eval-size", "20", "--data-root", fake_fashion)
     assert ast.literal_eval(capsys.readouterr().out.strip()) == config(out)["test_accuracy"]
+    run(monkeypatch, "--evaluate", out, "--eval-size", "20", "--data-root", fake_fashion, "--misses")
+    accuracy, misses = capsys.readouterr().out.strip().splitlines()
+    per_class = ast.literal_eval(misses.split(": ", 1)[1])
+    assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class.values())
+    # every two-item scene is a hit exactly when no item is missed
+    assert (ast.literal_eval(accuracy)["two_items_both_in_top2"] == 1) == (max(per_class.values()) == 0)
