@@ -236,7 +236,8 @@ class LTXAttribution(Attribution):
             for step in range(steps + 1):
                 mask, low_res = work(x, *args, target=target, return_low_res=True)
                 loss = self.objective(self.forward_func, x, mask, low_res, target, fill, args).sum()
-                mask_sum = mask_sum + mask.detach()
+                if self.selection == "mean":
+                    mask_sum = mask_sum + mask.detach()
                 score = self._selection_score(step, loss, mask, x, target, fill, args)
                 if score < best_score:
                     best_mask, best_score = mask.detach(), score

@@ -130,8 +130,11 @@ def test_mean_selection_averages_the_finetuning_path(images):
 
 @pytest.mark.parametrize("selection", ["loss", "last", "mean", "pos_auc"])
 def test_selection_modes_and_counterfactual(selection, images):
-    ltx = LTX(tiny_cnn(), finetune_steps=STEPS, selection=selection, counterfactual=True)
+    model = tiny_cnn()
+    before = snapshot(model)
+    ltx = LTX(model, finetune_steps=STEPS, selection=selection, counterfactual=True)
     attr = ltx.attribute(images[:2], target=1)
+    assert_unchanged(before, model)
     assert attr.shape == images[:2].shape and 0 <= attr.min() <= attr.max() <= 1
 
 
