@@ -108,6 +108,9 @@ def main() -> None:
     parser.add_argument("--init", metavar="CHECKPOINT",
                         help="continue training a saved model of the same --arch: its weights with a new learning-rate cycle; "
                              "epochs and training scenes carry on after its own, and it stays the kept model unless an epoch beats it on validation")
+    parser.add_argument("--ema", type=float, metavar="DECAY",
+                        help="validate and keep an exponential moving average of the weights (decay per step, e.g. 0.999) "
+                             "instead of the weights themselves: it smooths the last steps' noise")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", help="only measure the accuracies of a saved model")
     parser.add_argument("--evaluate-split", default="test", choices=("train", "val", "test"),
                         help="scenes --evaluate uses: training scenes against validation ones tell underfitting from overfitting")
@@ -124,6 +127,7 @@ def main() -> None:
         parser.error("--arch and --out are required to train (or give --evaluate CHECKPOINT)")
 
     import timm
+    from timm.utils import ModelEmaV3
 
     torch.manual_seed(args.seed)
     name, kwargs = ARCHITECTURES[args.arch]
@@ -156,6 +160,10 @@ def main() -> None:
         best = val["one_item_top1"] + val["two_items_both_in_top2"]
         print(f"{args.init}: validation {val}")
         save_timm_model(model, os.path.join(work, "best"), name, kwargs)
+    # created once the weights to train are in place, so the average starts from them
+    ema = ModelEmaV3(model, decay=args.ema) if args.ema else None
+    if ema is not None and os.path.isdir(os.path.join(work, "ema")):
+        ema.module.load_state_dict(load_timm_model(os.path.join(work, "ema")).state_dict())
     for epoch in range(start, offset + args.epochs):
         model.train()
         data = FashionScenes("train", length=args.train_size, items="mixed", seed=args.seed + 100 * (epoch + 1), root=args.data_root)
@@ -167,15 +175,20 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             schedule.step()
+            if ema is not None:
+                ema.update(model)
             bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = accuracies(model, args.seed, args.eval_size // 2, split="val", root=args.data_root)
+        candidate = model if ema is None else ema.module
+        val = accuracies(candidate, args.seed, args.eval_size // 2, split="val", root=args.data_root)
         score = val["one_item_top1"] + val["two_items_both_in_top2"]
         history.append({"epoch": epoch + 1, **val})
         print(f"epoch {epoch + 1}: validation {val}")
         if score > best:
             best = score
-            save_timm_model(model, os.path.join(work, "best"), name, kwargs)
+            save_timm_model(candidate, os.path.join(work, "best"), name, kwargs)
         save_timm_model(model, os.path.join(work, "last"), name, kwargs)
+        if ema is not None:
+            save_timm_model(ema.module, os.path.join(work, "ema"), name, kwargs)
         groups = _save_optimizer(optimizer, os.path.join(work, "optimizer.safetensors"))
         with open(state_path, "w") as f:
             json.dump({"epoch": epoch + 1, "best": best, "history": history, "param_groups": groups, "schedule": schedule.state_dict()}, f)

@@ -67,3 +67,14 @@ def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypat
     assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class.values())
     # every two-item scene is a hit exactly when no item is missed
     assert (ast.literal_eval(accuracy)["two_items_both_in_top2"] == 1) == (max(per_class.values()) == 0)
+
+
+def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch):
+    out = str(tmp_path / "model")
+    run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--eval-size", "20",
+        "--data-root", fake_fashion, "--ema", "0.5", "--out", out)
+    kept, averaged, trained = (load_file(os.path.join(path, "model.safetensors")) for path in (out, out + ".work/ema", out + ".work/last"))
+    # one epoch is always kept: its weights are the average, which lags behind the trained ones
+    assert all(kept[k].equal(averaged[k]) for k in kept)
+    assert any(not kept[k].equal(trained[k]) for k in kept if kept[k].is_floating_point())
+    assert "--ema 0.5" in config(out)["made_by"]
