@@ -69,12 +69,17 @@ def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypat
     assert (ast.literal_eval(accuracy)["two_items_both_in_top2"] == 1) == (max(per_class.values()) == 0)
 
 
-def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch):
+def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "model")
-    run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--eval-size", "20",
-        "--data-root", fake_fashion, "--ema", "0.5", "--out", out)
+    command = ["--arch", "cnn", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--eval-size", "20",
+               "--data-root", fake_fashion, "--ema", "0.5", "--out", out]
+    run(monkeypatch, *command)
     kept, averaged, trained = (load_file(os.path.join(path, "model.safetensors")) for path in (out, out + ".work/ema", out + ".work/last"))
     # one epoch is always kept: its weights are the average, which lags behind the trained ones
     assert all(kept[k].equal(averaged[k]) for k in kept)
     assert any(not kept[k].equal(trained[k]) for k in kept if kept[k].is_floating_point())
     assert "--ema 0.5" in config(out)["made_by"]
+    # the same command again resumes from the saved state, the average included, and keeps the same model
+    run(monkeypatch, *command)
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    assert all(kept[k].equal(v) for k, v in load_file(os.path.join(out, "model.safetensors")).items())
