@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captum_ltx.datasets.fashion_scenes import CLASSES, FashionScenes
-from captum_ltx.models import load_timm_model, save_timm_model
+from captum_ltx.models import create_timm_model, load_timm_model, save_timm_model
 from captum_ltx.pretrain import _load_optimizer, _save_optimizer  # the same resumable optimiser state
 
 NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
@@ -63,7 +63,13 @@ ARCHITECTURES = {
     # a small ResNet at output stride 8: an 8 x 8 last feature map
     "cnn": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 96, 128), "output_stride": 8}),
     "cnn-2-blocks": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8}),
+    # the same weights (so --init cnn-2-blocks continues it) with a stride-2 stem and the third stage
+    # strided instead of dilated: the first two stages see twice the resolution, the last map is still
+    # 8 x 8; about 1.8 times the compute
+    "cnn-2-blocks-stem2": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 16}),
 }
+# what timm's creation arguments cannot say (captum_ltx.models.MODEL_EDITS), recorded in config.json
+ARCHITECTURE_EDITS = {"cnn-2-blocks-stem2": ["stem_without_pool"]}
 
 
 def scores(model: torch.nn.Module, seed: int, n: int, split: str = "test", root: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
@@ -91,18 +97,25 @@ def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test", r
     return scores(model, seed, n, split, root)[0]
 
 
-def _read_init(path: str, name: str, kwargs: dict) -> dict:
-    """The config of the model that ``--init`` continues, checked against the architecture to train."""
+def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The provenance and weights of the model that ``--init`` continues, checked against the model to
+    train (``kind``: its architecture, kwargs and edits): the same weight names and shapes; another
+    architecture is fine if its weights fit, as ``cnn-2-blocks`` into ``cnn-2-blocks-stem2``."""
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise SystemExit(f"--init {path!r} must be a folder written by this script (config.json and model.safetensors)")
     with open(config_path) as f:
         config = json.load(f)
-    # JSON turns tuples into lists
-    if config.get("architecture") != name or config.get("kwargs") != json.loads(json.dumps(kwargs)):
-        raise SystemExit(f"--init {path!r} holds a {config.get('architecture')} with {config.get('kwargs')}, not the --arch to train ({name} with {kwargs})")
+    weights = load_timm_model(path).state_dict()
+    own = model.state_dict()
+    if weights.keys() != own.keys() or any(weights[k].shape != own[k].shape for k in own):
+        raise SystemExit(f"--init {path!r} holds a {config.get('architecture')} with {config.get('kwargs')}, whose weights do not fit the --arch to train")
     # a model that was itself continued keeps its own provenance, so the chain of runs stays readable
-    return {k: config[k] for k in ("made_by", "test_accuracy", "validation_history", "initialised_from") if k in config}
+    provenance = {k: config[k] for k in ("made_by", "test_accuracy", "validation_history", "initialised_from") if k in config}
+    own_kind = {"architecture": config.get("architecture"), "kwargs": config.get("kwargs"), "edits": config.get("edits", [])}
+    if own_kind != json.loads(json.dumps(kind)):  # JSON turns tuples into lists
+        provenance["architecture"] = own_kind
+    return provenance, weights
 
 
 def main() -> None:
@@ -137,13 +150,14 @@ def main() -> None:
     if not (args.arch and args.out):
         parser.error("--arch and --out are required to train (or give --evaluate CHECKPOINT)")
 
-    import timm
     from timm.utils import ModelEmaV3
 
     torch.manual_seed(args.seed)
     name, kwargs = ARCHITECTURES[args.arch]
     kwargs = {**kwargs, "num_classes": 10, "pretrained_cfg_overlay": {**NORMALIZATION, "input_size": (3, 64, 64)}}
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    edits = ARCHITECTURE_EDITS.get(args.arch, [])
+    described = {"edits": edits} if edits else {}  # passed to every save_timm_model so load_timm_model rebuilds it
+    model = create_timm_model(name, kwargs, edits)
     # channels-last convolutions train a quarter faster on CPU; saved weights are made contiguous again
     memory_format = torch.channels_last if args.arch.startswith("cnn") else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -152,7 +166,8 @@ def main() -> None:
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=steps, pct_start=0.1)
     work = args.out + ".work"
     state_path = os.path.join(work, "state.json")
-    initialised_from = _read_init(args.init, name, kwargs) if args.init else {}
+    kind = {"architecture": name, "kwargs": kwargs, "edits": edits}
+    initialised_from, init_weights = _read_init(args.init, model, kind) if args.init else ({}, None)
     # a continued model's epochs, and the seeds of their training scenes, carry on after its own
     history = initialised_from.pop("validation_history", [])
     offset = start = len(history)
@@ -166,11 +181,11 @@ def main() -> None:
         schedule.load_state_dict(state["schedule"])
         print(f"resuming after epoch {start}")
     elif args.init:
-        model.load_state_dict(load_timm_model(args.init).state_dict())
+        model.load_state_dict(init_weights)
         val = accuracies(model, args.seed, args.eval_size // 2, split="val", root=args.data_root)
         best = val["one_item_top1"] + val["two_items_both_in_top2"]
         print(f"{args.init}: validation {val}")
-        save_timm_model(model, os.path.join(work, "best"), name, kwargs)
+        save_timm_model(model, os.path.join(work, "best"), name, kwargs, **described)
     # created once the weights to train are in place, so the average starts from them
     ema = ModelEmaV3(model, decay=args.ema) if args.ema else None
     if ema is not None and os.path.isdir(os.path.join(work, "ema")):
@@ -196,10 +211,10 @@ def main() -> None:
         print(f"epoch {epoch + 1}: validation {val}")
         if score > best:
             best = score
-            save_timm_model(candidate, os.path.join(work, "best"), name, kwargs)
-        save_timm_model(model, os.path.join(work, "last"), name, kwargs)
+            save_timm_model(candidate, os.path.join(work, "best"), name, kwargs, **described)
+        save_timm_model(model, os.path.join(work, "last"), name, kwargs, **described)
         if ema is not None:
-            save_timm_model(ema.module, os.path.join(work, "ema"), name, kwargs)
+            save_timm_model(ema.module, os.path.join(work, "ema"), name, kwargs, **described)
         groups = _save_optimizer(optimizer, os.path.join(work, "optimizer.safetensors"))
         with open(state_path, "w") as f:
             json.dump({"epoch": epoch + 1, "best": best, "history": history, "param_groups": groups, "schedule": schedule.state_dict()}, f)
@@ -209,7 +224,7 @@ def main() -> None:
         f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not k.startswith("evaluate") and k not in ("data_root", "misses"))
     provenance = {"initialised_from": initialised_from} if initialised_from else {}
     save_timm_model(model, args.out, name, kwargs, test_accuracy=test, test_scenes_per_kind=args.eval_size,
-                    validation_history=history, made_by=command, **provenance)
+                    validation_history=history, made_by=command, **described, **provenance)
     print(f"test: {test}; wrote {args.out}")
 
 

@@ -87,9 +87,30 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
 
+# Changes to a timm model that its creation arguments cannot express, by the name a config.json records.
+MODEL_EDITS = {
+    # a ResNet stem of stride 2 instead of 4 (its max-pool removed): early stages see twice the resolution
+    "stem_without_pool": lambda model: setattr(model, "maxpool", nn.Identity()),
+}
+
+
+def create_timm_model(architecture: str, kwargs: dict[str, Any], edits: tuple[str, ...] | list[str] = ()) -> nn.Module:
+    """``timm.create_model(architecture, pretrained=False, **kwargs)`` with the named ``MODEL_EDITS`` applied."""
+    import timm
+
+    unknown = [e for e in edits if e not in MODEL_EDITS]
+    if unknown:
+        raise ValueError(f"`edits` {unknown} unknown; expected names from {sorted(MODEL_EDITS)}")
+    model = timm.create_model(architecture, pretrained=False, **kwargs)
+    for edit in edits:
+        MODEL_EDITS[edit](model)
+    return model
+
+
 def save_timm_model(model: nn.Module, path: str | os.PathLike[str], architecture: str, kwargs: dict[str, Any], **extra: Any) -> None:
     """Writes ``model.safetensors`` and ``config.json`` (the timm architecture and its creation
-    arguments, plus ``extra`` facts such as accuracies) so that :func:`load_timm_model` rebuilds it."""
+    arguments, plus ``extra`` facts such as accuracies and the ``edits`` made after creation) so that
+    :func:`load_timm_model` rebuilds it."""
     import json
 
     from safetensors.torch import save_file
@@ -104,7 +125,6 @@ def load_timm_model(path: str | os.PathLike[str]) -> nn.Module:
     """A timm model from a folder written by :func:`save_timm_model`, in eval mode (no unpickling)."""
     import json
 
-    import timm
     from safetensors.torch import load_file
 
     path = os.fspath(path)
@@ -114,7 +134,7 @@ def load_timm_model(path: str | os.PathLike[str]) -> nn.Module:
     try:
         with open(config_path) as f:
             config = json.load(f)
-        model = timm.create_model(config["architecture"], pretrained=False, **config["kwargs"])
+        model = create_timm_model(config["architecture"], config["kwargs"], config.get("edits", ()))
         model.load_state_dict(load_file(weights_path))
     except Exception as e:
         raise ValueError(f"`weights` {path!r} is not a readable model checkpoint ({e})") from None

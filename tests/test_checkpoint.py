@@ -92,6 +92,19 @@ def test_timm_model_checkpoint_round_trip(tmp_path):
         load_timm_model(tmp_path)
 
 
+def test_timm_model_edits_are_recorded_and_checked(tmp_path):
+    from captum_ltx.models import create_timm_model, load_timm_model, save_timm_model
+
+    kwargs = {"num_classes": 10, "output_stride": 16}
+    model = create_timm_model("test_resnet", kwargs, ["stem_without_pool"])
+    save_timm_model(model, tmp_path / "m", "test_resnet", kwargs, edits=["stem_without_pool"])
+    loaded = load_timm_model(tmp_path / "m")
+    x = torch.randn(2, 3, 64, 64)
+    assert isinstance(loaded.maxpool, torch.nn.Identity) and torch.equal(model.eval()(x), loaded(x))
+    with pytest.raises(ValueError, match="`edits` .*unknown"):
+        create_timm_model("test_resnet", kwargs, ["no_such_edit"])
+
+
 def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden(tmp_path):
     model = tiny_cnn()
     explainer = Explainer.from_model(model)

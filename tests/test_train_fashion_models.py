@@ -48,10 +48,33 @@ def test_init_continues_a_saved_model(fake_fashion, tmp_path, monkeypatch, capsy
                                                  "initialised_from": after["initialised_from"]}
     assert [h["epoch"] for h in config(third)["validation_history"]] == [1, 2, 3, 4]
 
-    with pytest.raises(SystemExit, match="--init .* not the --arch to train"):
+    with pytest.raises(SystemExit, match="--init .* do not fit the --arch to train"):
         run(monkeypatch, "--arch", "vit", "--epochs", "1", "--init", first, "--out", str(tmp_path / "vit"), *small)
     with pytest.raises(SystemExit, match="--init .* must be a folder"):
         run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--init", str(tmp_path), "--out", str(tmp_path / "none"), *small)
+
+
+def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_path, monkeypatch, capsys):
+    import torch
+    from torch import nn
+
+    from captum_ltx.models import load_timm_model
+
+    small = ["--train-size", "32", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    run(monkeypatch, "--arch", "cnn-2-blocks", "--epochs", "1", "--out", first, *small)
+    run(monkeypatch, "--arch", "cnn-2-blocks-stem2", "--epochs", "1", "--lr", "1e-4", "--init", first, "--out", second, *small)
+    before, after = config(first), config(second)
+    assert after["edits"] == ["stem_without_pool"] and "edits" not in before
+    assert after["initialised_from"]["architecture"] == {"architecture": "resnet18", "kwargs": before["kwargs"], "edits": []}
+    assert after["kwargs"]["output_stride"] == 16 and before["kwargs"]["output_stride"] == 8
+    # the run starts from the first model's weights, in the new architecture
+    started = load_file(os.path.join(second + ".work", "best", "model.safetensors"))
+    assert all(v.equal(started[k]) for k, v in load_file(os.path.join(first, "model.safetensors")).items())
+    # the saved model rebuilds with its edit: a stride-2 stem, and still an 8 x 8 last map from 64 px scenes
+    model = load_timm_model(second)
+    assert isinstance(model.maxpool, nn.Identity) and isinstance(load_timm_model(first).maxpool, nn.MaxPool2d)
+    assert model.forward_features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
 
 
 def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypatch, capsys):
