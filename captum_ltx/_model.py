@@ -69,6 +69,20 @@ def architecture_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+_LAYOUT_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation")
+
+
+def layout_fingerprint(model: nn.Module) -> str:
+    """A hash of each module's type and its kernel, stride, padding and dilation: what
+    :func:`architecture_fingerprint` cannot see, as two ResNets that differ only in a removed max-pool
+    or a dilated stage hold the same weights."""
+    h = hashlib.sha256()
+    for name, module in model.named_modules():
+        attributes = ",".join(f"{a}={getattr(module, a)}" for a in _LAYOUT_ATTRIBUTES if hasattr(module, a))
+        h.update(f"{name}:{type(module).__qualname__}:{attributes};".encode())
+    return h.hexdigest()[:16]
+
+
 def num_classes_of(forward_func: Callable[..., Any], x: Tensor, args: tuple[Any, ...]) -> tuple[int, Tensor]:
     """Runs ``forward_func`` once without gradients; returns (number of classes, predicted class per image)."""
     with torch.no_grad():

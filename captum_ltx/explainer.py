@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._cnn import spatial_outputs
-from ._model import architecture_fingerprint, check_normalization, normalization_of
+from ._model import architecture_fingerprint, check_normalization, layout_fingerprint, normalization_of
 from ._validation import format_target
 
 CONFIG_NAME = "config.json"
@@ -217,7 +217,8 @@ class Explainer(nn.Module):
             "input_size": list(input_size),
             "mask_size": None,
             "normalization": [list(normalization[0]), list(normalization[1])] if normalization else None,
-            "model": {"class": type(model).__qualname__, "fingerprint": architecture_fingerprint(model)},
+            "model": {"class": type(model).__qualname__, "fingerprint": architecture_fingerprint(model),
+                      "layout": layout_fingerprint(model)},
             "training": {},
             "seed": seed,
         }
@@ -325,6 +326,14 @@ class Explainer(nn.Module):
                     f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} with architecture "
                     f"fingerprint {expected}, but the explained model is a {type(model).__qualname__} with "
                     f"fingerprint {actual}"
+                )
+            # checkpoints from before the layout was recorded are checked on their weights' shapes alone
+            expected_layout = config["model"].get("layout")
+            if expected_layout is not None and expected_layout != layout_fingerprint(model):
+                raise ValueError(
+                    f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} whose weights fit the "
+                    f"explained model but whose layers differ in kernel, stride, padding or dilation (layout "
+                    f"fingerprint {expected_layout}, the model's {layout_fingerprint(model)})"
                 )
         source = config["backbone"]
         if source["source"] == "copy":

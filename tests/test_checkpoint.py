@@ -55,6 +55,23 @@ def test_mismatched_architecture_is_refused(tmp_path):
         LTX(tiny_vit(), str(tmp_path / "cnn"))
 
 
+def test_a_model_whose_weights_fit_but_whose_strides_differ_is_refused(tmp_path):
+    from captum_ltx.models import create_timm_model
+
+    kwargs = {"num_classes": 10, "output_stride": 8}
+    Explainer.from_model(create_timm_model("test_resnet", kwargs), input_size=(3, 64, 64)).save(tmp_path / "e")
+    # the same weights, a stride-2 stem and a strided third stage: only the layout tells them apart
+    other = create_timm_model("test_resnet", {**kwargs, "output_stride": 16}, ["stem_without_pool"])
+    with pytest.raises(ValueError, match="kernel, stride, padding or dilation"):
+        Explainer.load(tmp_path / "e", other)
+    Explainer.load(tmp_path / "e", create_timm_model("test_resnet", kwargs))  # a same-layout model loads
+    # a checkpoint saved before layouts were recorded is still read, on its weights' shapes alone
+    config = json.loads((tmp_path / "e" / "config.json").read_text())
+    del config["model"]["layout"]
+    (tmp_path / "e" / "config.json").write_text(json.dumps(config))
+    Explainer.load(tmp_path / "e", other)
+
+
 def test_corrupt_or_missing_files_are_refused(tmp_path):
     model = tiny_cnn()
     Explainer.from_model(model, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "ok")
