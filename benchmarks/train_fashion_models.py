@@ -29,6 +29,13 @@ checkpoints/fashion-vit:
 
     python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init outputs/fashion-vit-stage2 --epochs 24 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-stage3
 
+A CNN with a stride-2 stem (``--arch cnn-2-blocks-stem2``), started from the shipped CNN's weights, was
+not shipped: it did not beat the shipped CNN on validation (benchmarks/RESULTS.md; each run's config.json
+is kept as benchmarks/results/fashion_cnn-stem2-*.json):
+
+    python benchmarks/train_fashion_models.py --arch cnn-2-blocks-stem2 --init outputs/fashion-cnn-stage3 --epochs 15 --train-size 24000 --lr 1e-3 --ema 0.999 --out outputs/fashion-cnn-stem2
+    python benchmarks/train_fashion_models.py --arch cnn-2-blocks-stem2 --init outputs/fashion-cnn-stem2 --epochs 11 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-cnn-stem2-cycle2
+
 Each config.json records its command (``made_by``) and, nested, those of the runs it continued (``initialised_from``).
 
 Trains on one- and two-item training scenes (soft targets), keeps the epoch with the best validation
