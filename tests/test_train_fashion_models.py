@@ -58,7 +58,7 @@ def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_pa
     import torch
     from torch import nn
 
-    from captum_ltx.models import load_timm_model
+    from captum_ltx.models import create_timm_model, load_timm_model
 
     small = ["--train-size", "32", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
@@ -68,9 +68,15 @@ def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_pa
     assert after["edits"] == ["stem_without_pool"] and "edits" not in before
     assert after["initialised_from"]["architecture"] == {"architecture": "resnet18", "kwargs": before["kwargs"], "edits": []}
     assert after["kwargs"]["output_stride"] == 16 and before["kwargs"]["output_stride"] == 8
-    # the run starts from the first model's weights, in the new architecture
-    started = load_file(os.path.join(second + ".work", "best", "model.safetensors"))
-    assert all(v.equal(started[k]) for k, v in load_file(os.path.join(first, "model.safetensors")).items())
+    # the run starts from the first model's weights in the new architecture: the validation accuracy it
+    # reports before training is theirs, measured again in that architecture
+    carried = create_timm_model("resnet18", after["kwargs"], ["stem_without_pool"])
+    carried.load_state_dict(load_file(os.path.join(first, "model.safetensors")))
+    reported = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{first}: validation "))
+    spec = importlib.util.spec_from_file_location("train_fashion_models", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert ast.literal_eval(reported.split("validation ", 1)[1]) == script.accuracies(carried, 0, 10, split="val", root=fake_fashion)
     # the saved model rebuilds with its edit: a stride-2 stem, and still an 8 x 8 last map from 64 px scenes
     model = load_timm_model(second)
     assert isinstance(model.maxpool, nn.Identity) and isinstance(load_timm_model(first).maxpool, nn.MaxPool2d)
