@@ -328,12 +328,12 @@ class Explainer(nn.Module):
                     f"fingerprint {actual}"
                 )
             # checkpoints from before the layout was recorded are checked on their weights' shapes alone
-            expected_layout = config["model"].get("layout")
-            if expected_layout is not None and expected_layout != layout_fingerprint(model):
+            expected_layout, actual_layout = config["model"].get("layout"), layout_fingerprint(model)
+            if expected_layout is not None and expected_layout != actual_layout:
                 raise ValueError(
                     f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} whose weights fit the "
                     f"explained model but whose layers differ in kernel, stride, padding or dilation (layout "
-                    f"fingerprint {expected_layout}, the model's {layout_fingerprint(model)})"
+                    f"fingerprint {expected_layout}, the model's {actual_layout})"
                 )
         source = config["backbone"]
         if source["source"] == "copy":

@@ -12,12 +12,16 @@ from safetensors.torch import load_file
 SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "train_fashion_models.py")
 
 
-def run(monkeypatch, *args: str) -> None:
+def load_script():
     spec = importlib.util.spec_from_file_location("train_fashion_models", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def run(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["train_fashion_models.py", *args])
-    script.main()
+    load_script().main()
 
 
 def config(path) -> dict:
@@ -73,10 +77,7 @@ def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_pa
     carried = create_timm_model("resnet18", after["kwargs"], ["stem_without_pool"])
     carried.load_state_dict(load_file(os.path.join(first, "model.safetensors")))
     reported = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{first}: validation "))
-    spec = importlib.util.spec_from_file_location("train_fashion_models", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert ast.literal_eval(reported.split("validation ", 1)[1]) == script.accuracies(carried, 0, 10, split="val", root=fake_fashion)
+    assert ast.literal_eval(reported.split("validation ", 1)[1]) == load_script().accuracies(carried, 0, 10, split="val", root=fake_fashion)
     # the saved model rebuilds with its edit: a stride-2 stem, and still an 8 x 8 last map from 64 px scenes
     model = load_timm_model(second)
     assert isinstance(model.maxpool, nn.Identity) and isinstance(load_timm_model(first).maxpool, nn.MaxPool2d)
