@@ -126,6 +126,29 @@ def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dic
     return provenance, weights
 
 
+def _read_teacher(path: str) -> tuple[torch.nn.Module, dict]:
+    """The frozen teacher of ``--teacher`` and its provenance; it must read scenes normalised as the student does."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise SystemExit(f"--teacher {path!r} must be a folder written by this script (config.json and model.safetensors)")
+    with open(config_path) as f:
+        config = json.load(f)
+    overlay = config.get("kwargs", {}).get("pretrained_cfg_overlay", {})
+    if [overlay.get("mean"), overlay.get("std")] != [list(NORMALIZATION["mean"]), list(NORMALIZATION["std"])]:
+        raise SystemExit(f"--teacher {path!r} must expect scenes normalised with {NORMALIZATION}, not {overlay}")
+    # channels-last: the teacher's convolutions (a CNN's, or a hybrid ViT's stem) run faster so on CPU
+    teacher = load_timm_model(path).to(memory_format=torch.channels_last)
+    teacher.requires_grad_(False)
+    provenance = {"path": path, "architecture": config.get("architecture"), **{k: config[k] for k in ("made_by", "test_accuracy") if k in config}}
+    return teacher, provenance
+
+
+def _distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    # scaled by T^2 so that its gradients keep their size whatever the temperature (Hinton et al., 2015)
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                    log_target=True, reduction="batchmean") * temperature ** 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES))
@@ -143,6 +166,12 @@ def main() -> None:
     parser.add_argument("--ema", type=float, metavar="DECAY",
                         help="validate and keep an exponential moving average of the weights (decay per step, e.g. 0.999) "
                              "instead of the weights themselves: it smooths the last steps' noise")
+    parser.add_argument("--teacher", metavar="CHECKPOINT",
+                        help="distil from a saved model of this script (any --arch): the loss mixes the scenes' targets with the "
+                             "teacher's softened predictions on the same scenes (Hinton et al., 2015)")
+    parser.add_argument("--distill-weight", type=float, help="with --teacher: the teacher's share of the loss, in (0, 1] (default 0.5)")
+    parser.add_argument("--distill-temperature", type=float, help="with --teacher: the softmax temperature of both models (default 2)")
+    parser.add_argument("--hflip", action="store_true", help="mirror a random half of each training batch left-right")
     parser.add_argument("--evaluate", metavar="CHECKPOINT", help="only measure the accuracies of a saved model")
     parser.add_argument("--evaluate-split", default="test", choices=("train", "val", "test"),
                         help="scenes --evaluate uses: training scenes against validation ones tell underfitting from overfitting")
@@ -157,6 +186,15 @@ def main() -> None:
         return
     if not (args.arch and args.out):
         parser.error("--arch and --out are required to train (or give --evaluate CHECKPOINT)")
+    if args.teacher is None and (args.distill_weight is not None or args.distill_temperature is not None):
+        parser.error("--distill-weight and --distill-temperature need --teacher")
+    if args.teacher is not None:
+        args.distill_weight = 0.5 if args.distill_weight is None else args.distill_weight
+        args.distill_temperature = 2.0 if args.distill_temperature is None else args.distill_temperature
+        if not 0 < args.distill_weight <= 1:
+            parser.error(f"--distill-weight must be in (0, 1], got {args.distill_weight}")
+        if not args.distill_temperature > 0:
+            parser.error(f"--distill-temperature must be positive, got {args.distill_temperature}")
 
     from timm.utils import ModelEmaV3
 
@@ -176,6 +214,7 @@ def main() -> None:
     state_path = os.path.join(work, "state.json")
     kind = {"architecture": name, "kwargs": kwargs, "edits": edits}
     initialised_from, init_weights = _read_init(args.init, model, kind) if args.init else ({}, None)
+    teacher, distilled_from = _read_teacher(args.teacher) if args.teacher else (None, {})
     # a continued model's epochs, and the seeds of their training scenes, carry on after its own
     history = initialised_from.pop("validation_history", [])
     offset = start = len(history)
@@ -203,8 +242,17 @@ def main() -> None:
         data = FashionScenes("train", length=args.train_size, items="mixed", seed=args.seed + 100 * (epoch + 1), root=args.data_root)
         loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, drop_last=True)
         bar = tqdm(loader, desc=f"{args.arch} epoch {epoch + 1}/{offset + args.epochs}")
+        # seeded by the epoch, so a resumed run mirrors the same scenes
+        flips = torch.Generator().manual_seed(args.seed + epoch)
         for x, target, _ in bar:
-            loss = -(target * F.log_softmax(model(x.to(memory_format=memory_format)), dim=1)).sum(1).mean()
+            if args.hflip:
+                x = torch.where(torch.rand(len(x), 1, 1, 1, generator=flips) < 0.5, x.flip(3), x)
+            x = x.to(memory_format=memory_format)
+            logits = model(x)
+            loss = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+            if teacher is not None:
+                taught = _distillation_loss(logits, teacher(x.contiguous(memory_format=torch.channels_last)), args.distill_temperature)
+                loss = (1 - args.distill_weight) * loss + args.distill_weight * taught
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -228,9 +276,12 @@ def main() -> None:
             json.dump({"epoch": epoch + 1, "best": best, "history": history, "param_groups": groups, "schedule": schedule.state_dict()}, f)
     model = load_timm_model(os.path.join(work, "best"))
     test = accuracies(model, args.seed, args.eval_size, root=args.data_root)
+    recorded = {k: v for k, v in vars(args).items() if v is not None and v is not False and not k.startswith("evaluate") and k not in ("data_root", "misses")}
     command = "python benchmarks/train_fashion_models.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None and not k.startswith("evaluate") and k not in ("data_root", "misses"))
+        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in recorded.items())
     provenance = {"initialised_from": initialised_from} if initialised_from else {}
+    if distilled_from:
+        provenance["distilled_from"] = distilled_from
     save_timm_model(model, args.out, name, kwargs, test_accuracy=test, test_scenes_per_kind=args.eval_size,
                     validation_history=history, made_by=command, **described, **provenance)
     print(f"test: {test}; wrote {args.out}")

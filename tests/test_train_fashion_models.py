@@ -113,3 +113,61 @@ def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch, cap
     run(monkeypatch, *command)
     assert "resuming after epoch 1" in capsys.readouterr().out
     assert all(kept[k].equal(v) for k, v in load_file(os.path.join(out, "model.safetensors")).items())
+
+
+def test_distillation_loss_is_the_tempered_kl_divergence():
+    import torch
+
+    distillation_loss = load_script()._distillation_loss
+    student, teacher = torch.randn(4, 10), torch.randn(4, 10)
+    assert float(distillation_loss(teacher, teacher, 2.0)) == pytest.approx(0, abs=1e-6)
+    p = torch.softmax(teacher / 3, 1)
+    expected = 9 * (p * (p.log() - torch.log_softmax(student / 3, 1))).sum(1).mean()
+    assert float(distillation_loss(student, teacher, 3.0)) == pytest.approx(float(expected), rel=1e-5)
+    # its gradient moves the student's predictions toward the teacher's
+    student.requires_grad_(True)
+    distillation_loss(student, teacher, 1.0).backward()
+    moved = student.detach() - 0.5 * student.grad
+    assert distillation_loss(moved, teacher, 1.0) < distillation_loss(student.detach(), teacher, 1.0)
+
+
+def test_teacher_and_mirroring_change_training_and_are_recorded(fake_fashion, tmp_path, monkeypatch, capsys):
+    small = ["--arch", "cnn", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
+    teacher = str(tmp_path / "teacher")
+    run(monkeypatch, *small, "--lr", "1e-2", "--out", teacher)
+    runs = {
+        "plain": [],
+        "distilled": ["--teacher", teacher, "--distill-weight", "0.7"],
+        "mirrored": ["--hflip"],
+        "mirrored again": ["--hflip"],
+    }
+    for name, options in runs.items():
+        run(monkeypatch, *small, "--out", str(tmp_path / name), *options)
+    weights = {name: load_file(os.path.join(tmp_path, name, "model.safetensors")) for name in runs}
+
+    def same(a, b):
+        return all(weights[a][k].equal(weights[b][k]) for k in weights[a])
+
+    assert not same("plain", "distilled") and not same("plain", "mirrored")
+    assert same("mirrored", "mirrored again")  # the mirrored scenes are drawn from the seed
+    distilled = config(tmp_path / "distilled")
+    assert f"--seed 0 --out {tmp_path / 'distilled'} --teacher {teacher} --distill-weight 0.7 --distill-temperature 2.0" in distilled["made_by"]
+    assert distilled["distilled_from"] == {"path": teacher, "architecture": "resnet18", "made_by": config(teacher)["made_by"],
+                                           "test_accuracy": config(teacher)["test_accuracy"]}
+    assert config(tmp_path / "mirrored")["made_by"].endswith(" --hflip") and "distilled_from" not in config(tmp_path / "mirrored")
+
+    capsys.readouterr()
+    for options, message in ((["--distill-weight", "0.5"], "need --teacher"), (["--teacher", teacher, "--distill-weight", "0"], "--distill-weight must be in"),
+                             (["--teacher", teacher, "--distill-temperature", "-1"], "--distill-temperature must be positive")):
+        with pytest.raises(SystemExit):
+            run(monkeypatch, *small, "--out", str(tmp_path / "refused"), *options)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--teacher .* must be a folder"):
+        run(monkeypatch, *small, "--out", str(tmp_path / "refused"), "--teacher", str(tmp_path))
+    other = config(teacher)
+    other["kwargs"]["pretrained_cfg_overlay"]["mean"] = [0.485, 0.456, 0.406]
+    os.makedirs(tmp_path / "imagenet-teacher")
+    with open(tmp_path / "imagenet-teacher" / "config.json", "w") as f:
+        json.dump(other, f)
+    with pytest.raises(SystemExit, match="--teacher .* must expect scenes normalised with"):
+        run(monkeypatch, *small, "--out", str(tmp_path / "refused"), "--teacher", str(tmp_path / "imagenet-teacher"))
