@@ -118,15 +118,20 @@ def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test", r
     return scores(model, seed, n, split, root)[0]
 
 
+def _read_config(path: str, option: str) -> dict:
+    """The config.json of a model folder this script wrote, named by the command-line ``option`` that gave it."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise SystemExit(f"{option} {path!r} must be a folder written by this script (config.json and model.safetensors)")
+    with open(config_path) as f:
+        return json.load(f)
+
+
 def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """The provenance and weights of the model that ``--init`` continues, checked against the model to
     train (``kind``: its architecture, kwargs and edits): the same weight names and shapes; another
     architecture is fine if its weights fit, as ``cnn-2-blocks`` into ``cnn-2-blocks-stem2``."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise SystemExit(f"--init {path!r} must be a folder written by this script (config.json and model.safetensors)")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _read_config(path, "--init")
     weights = load_timm_model(path).state_dict()
     own = model.state_dict()
     if weights.keys() != own.keys() or any(weights[k].shape != own[k].shape for k in own):
@@ -141,11 +146,7 @@ def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dic
 
 def _read_teacher(path: str) -> tuple[torch.nn.Module, dict]:
     """The frozen teacher of ``--teacher`` and its provenance; it must read scenes normalised as the student does."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise SystemExit(f"--teacher {path!r} must be a folder written by this script (config.json and model.safetensors)")
-    with open(config_path) as f:
-        config = json.load(f)
+    config = _read_config(path, "--teacher")
     overlay = config.get("kwargs", {}).get("pretrained_cfg_overlay", {})
     if [overlay.get("mean"), overlay.get("std")] != [list(NORMALIZATION["mean"]), list(NORMALIZATION["std"])]:
         raise SystemExit(f"--teacher {path!r} must expect scenes normalised with {NORMALIZATION}, not {overlay}")
