@@ -1,6 +1,7 @@
 """Trains the explained models of the Fashion-MNIST scenes track: a timm ViT and a timm CNN.
 
-The shipped checkpoints come from three runs each, the first two side by side on 2 CPU cores with OMP_NUM_THREADS=1:
+The shipped CNN comes from three runs and the shipped ViT from four, the first two of each side by side on 2 CPU
+cores with OMP_NUM_THREADS=1:
 
     python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --epochs 36 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-stage1
     python benchmarks/train_fashion_models.py --arch cnn-2-blocks --epochs 40 --train-size 24000 --lr 2e-3 --out outputs/fashion-cnn-stage1
