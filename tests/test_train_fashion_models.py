@@ -84,6 +84,42 @@ def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_pa
     assert model.forward_features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
 
 
+def test_init_deepens_a_model_by_blocks_that_start_as_identities(fake_fashion, tmp_path, monkeypatch, capsys):
+    import torch
+
+    from captum_ltx.models import load_timm_model
+
+    small = ["--train-size", "32", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    run(monkeypatch, "--arch", "vit-hybrid", "--epochs", "1", "--out", first, *small)
+    script = load_script()
+    shallower = load_timm_model(first).eval()
+    # before any training the 6-block model computes what the 4-block one does
+    name, kwargs = script.ARCHITECTURES["vit-hybrid-6-blocks"]
+    deeper = script.create_timm_model(name, {**kwargs, "num_classes": 10}, [])
+    deeper.load_state_dict(script._deepen(deeper, shallower.state_dict()))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(deeper.eval()(x), shallower(x), atol=1e-5, rtol=1e-5)
+    assert all(int(torch.count_nonzero(deeper.blocks[i].mlp.fc2.weight)) == 0 for i in (4, 5))
+    assert int(torch.count_nonzero(deeper.blocks[4].mlp.fc1.weight)) > 0  # the rest of a new block is initialised as usual
+
+    capsys.readouterr()
+    run(monkeypatch, "--arch", "vit-hybrid-6-blocks", "--epochs", "1", "--lr", "1e-4", "--init", first, "--out", second, *small)
+    reported = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(f"{first}: validation "))
+    assert ast.literal_eval(reported.split("validation ", 1)[1]) == script.accuracies(shallower, 0, 10, split="val", root=fake_fashion)
+    after = config(second)
+    assert after["kwargs"]["depth"] == 6 and after["initialised_from"]["architecture"]["kwargs"]["depth"] == 4
+    assert len(load_timm_model(second).blocks) == 6
+    # a deeper model whose weights are not whole new blocks is refused, as is a shallower one
+    with pytest.raises(SystemExit, match="--init .* do not fit the --arch to train"):
+        run(monkeypatch, "--arch", "vit-hybrid", "--epochs", "1", "--init", second, "--out", str(tmp_path / "shallower"), *small)
+    with pytest.raises(KeyError, match="partly"):
+        weights = shallower.state_dict()
+        weights["blocks.4.norm1.weight"] = deeper.state_dict()["blocks.4.norm1.weight"]
+        script._deepen(deeper, weights)
+
+
 def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "model")
     run(monkeypatch, "--arch", "cnn", "--epochs", "1", "--train-size", "32", "--batch-size", "32", "--eval-size", "20",
