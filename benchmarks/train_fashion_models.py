@@ -204,7 +204,7 @@ def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dic
             raise misfit from None
         deeper = copy.deepcopy(model).eval()
         deeper.load_state_dict(weights)
-        probe = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        probe = torch.randn(4, *kind["kwargs"]["pretrained_cfg_overlay"]["input_size"], generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             if not torch.allclose(deeper(probe), shallower(probe), atol=1e-4):
                 raise SystemExit(f"--init {path!r}: the added blocks do not start as identities, so the deeper model would not continue it")
