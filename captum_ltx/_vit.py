@@ -97,10 +97,20 @@ def rollout(per_block: list[Tensor], add_identity: bool = True) -> Tensor:
     return joint
 
 
-def cls_row_map(joint: Tensor, model: nn.Module, image_size: tuple[int, int]) -> Tensor:
-    """The class token's row over the patch tokens, as a (B, 1, h, w) map."""
+def output_row_map(joint: Tensor, model: nn.Module, image_size: tuple[int, int]) -> Tensor:
+    """The row of ``joint`` (B, N, N) that the classifier reads, over the patch tokens, as a (B, 1, h, w)
+    map: the class token's row, or for a ViT that pools its patch tokens (timm ``global_pool="avg"``)
+    the average of their rows."""
     h, w = token_grid(model, image_size)
-    row = joint[:, 0, num_prefix_tokens(model):]
+    prefix = num_prefix_tokens(model)
+    pooling = getattr(model, "global_pool", "token")
+    if pooling == "token":
+        row = joint[:, 0, prefix:]
+    elif pooling == "avg":
+        row = joint[:, prefix:, prefix:].mean(dim=1)
+    else:
+        raise ValueError(f"attention maps read the class token (global_pool='token') or the average of the patch tokens "
+                         f"(global_pool='avg'); this ViT has global_pool={pooling!r}")
     return row.reshape(row.shape[0], 1, h, w)
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from ._base import MapAttribution
 from ._cnn import gradients_at
 from ._integrated import LayerPair, alphas, runner, steps
-from ._vit import attention_relevance, clean_attention, cls_row_map, rollout
+from ._vit import attention_relevance, clean_attention, output_row_map, rollout
 
 
 class DIX(MapAttribution):
@@ -104,5 +104,5 @@ class DIX(MapAttribution):
             source = attention[last] if self.reference_quirks else attention[block]
             replace = {block: source.expand(a.numel(), *source.shape[1:]) * a.view(-1, 1, 1, 1)}
             relevance = attention_relevance(self.forward_func, images, replace, target, args, self.internal_batch_size)
-            total = total + cls_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))
+            total = total + output_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))
         return total

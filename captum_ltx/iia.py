@@ -11,7 +11,7 @@ from ._base import MapAttribution
 from ._cnn import gradients_at, stage_outputs
 from ._integrated import LayerPair, alphas, runner, steps
 from ._validation import repeat_rows
-from ._vit import attention_relevance, clean_attention, cls_row_map, rollout
+from ._vit import attention_relevance, clean_attention, output_row_map, rollout
 
 
 class IIA(MapAttribution):
@@ -30,7 +30,8 @@ class IIA(MapAttribution):
       ``z_kjl = s_j + (l/n)(t_kj - s_j)``; map ``sum_c sum_kjl ReLU(dy/dz * ReLU(z))``.
     - **ViT IIA2**: at each ``x_k`` the last block's attention ``A`` is replaced by ``(j/n) A``;
       gradient rollout (rollout of ``mean_heads ReLU(dy/dA_b * A_b)`` averaged over points, every block)
-      gives the class token's row. **ViT IIA3** also scales the penultimate block's attention by l/n.
+      gives the class token's row (the patch tokens' average row if the ViT pools them). **ViT IIA3**
+      also scales the penultimate block's attention by l/n.
 
     The quirks default follows the reference code so that its published numbers can be reproduced;
     ``False`` computes the non-degenerate integral the paper describes.
@@ -121,4 +122,4 @@ class IIA(MapAttribution):
                 previous: attention[previous].repeat_interleave(points * points, dim=0) * scale_previous,
             }
         relevance = attention_relevance(self.forward_func, images, replace, target, args, self.internal_batch_size)
-        return cls_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))
+        return output_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))

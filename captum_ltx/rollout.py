@@ -9,12 +9,13 @@ from torch import Tensor
 
 from ._base import MapAttribution
 from ._model import target_score
-from ._vit import AttentionProbe, cls_row_map, probe_attention, rollout
+from ._vit import AttentionProbe, output_row_map, probe_attention, rollout
 
 
 class AttentionRollout(MapAttribution):
-    r"""Attention rollout (Abnar & Zuidema 2020): the class token's row of the product over blocks of the
-    head-averaged, row-normalised ``A + I``. It does not depend on the target class.
+    r"""Attention rollout (Abnar & Zuidema 2020): the class token's row (for a ViT that averages its
+    patch tokens, their average row) of the product over blocks of the head-averaged, row-normalised
+    ``A + I``. It does not depend on the target class.
 
     Args:
         forward_func (nn.Module): a timm Vision Transformer.
@@ -34,13 +35,14 @@ class AttentionRollout(MapAttribution):
         with torch.no_grad(), probe_attention(self.forward_func, probe):
             self.forward_func(x, *args)
         joint = rollout([a.mean(dim=1) for a in probe.attentions])
-        return cls_row_map(joint, self.forward_func, tuple(x.shape[-2:]))
+        return output_row_map(joint, self.forward_func, tuple(x.shape[-2:]))
 
 
 class GradientAttentionRollout(MapAttribution):
     r"""Gradient-weighted attention rollout, "GAE" (Chefer, Gur & Wolf, ICCV 2021, generic attention
     explainability, self-attention rule): ``R = I``; for each block ``R += mean_h[(dA * A)^+] @ R``; the
-    map is the class token's row of ``R`` over the patch tokens.
+    map is the class token's row of ``R`` (for a ViT that averages its patch tokens, their average row)
+    over the patch tokens.
 
     Args:
         forward_func (nn.Module): a timm Vision Transformer.
@@ -64,4 +66,4 @@ class GradientAttentionRollout(MapAttribution):
         relevance = torch.eye(n, device=x.device, dtype=x.dtype).expand(x.shape[0], n, n)
         for a, g in zip(probe.attentions, grads):
             relevance = relevance + (g * a).clamp_min(0).mean(dim=1) @ relevance
-        return cls_row_map(relevance.detach(), self.forward_func, tuple(x.shape[-2:]))
+        return output_row_map(relevance.detach(), self.forward_func, tuple(x.shape[-2:]))

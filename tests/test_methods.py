@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from captum.attr import NoiseTunnel
 
 from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
-from captum_ltx._vit import cls_row_map, rollout
+from captum_ltx._vit import output_row_map, rollout
 from conftest import assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
@@ -143,7 +143,7 @@ def test_iia_finds_layers_from_the_model():
 def test_rollout_of_identity_and_uniform_attention_is_uniform(images):
     n = 17
     identity = [torch.eye(n).expand(2, n, n) for _ in range(3)]
-    row = cls_row_map(rollout(identity), tiny_vit(), (32, 32))
+    row = output_row_map(rollout(identity), tiny_vit(), (32, 32))
     assert torch.equal(row, torch.zeros_like(row))
     model = tiny_vit()
     with torch.no_grad():
@@ -152,6 +152,27 @@ def test_rollout_of_identity_and_uniform_attention_is_uniform(images):
             block.attn.qkv.bias[: 2 * model.embed_dim].zero_()
     attr = AttentionRollout(model, normalize=False).attribute(images)
     torch.testing.assert_close(attr, torch.full_like(attr, attr[0, 0, 0, 0].item()))
+
+
+def test_attention_maps_read_the_patch_tokens_an_avg_pooled_vit_classifies(images):
+    def vit(pooling):
+        torch.manual_seed(0)
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+                                 num_classes=10, global_pool=pooling, fc_norm=False).eval()
+
+    model = vit("avg")
+    joint = torch.rand(2, 17, 17)
+    torch.testing.assert_close(output_row_map(joint, model, (32, 32)).flatten(1), joint[:, 1:, 1:].mean(dim=1))
+    torch.testing.assert_close(output_row_map(joint, tiny_vit(), (32, 32)).flatten(1), joint[:, 0, 1:])
+    # rollout's map of a pooled ViT is no longer the class token's row, which its classifier never reads
+    pooled = AttentionRollout(model, normalize=False).attribute(images[:1])
+    model.global_pool = "token"
+    token = AttentionRollout(model, normalize=False).attribute(images[:1])
+    assert not torch.allclose(pooled, token)
+    for name in ("gae", "iia", "dix"):
+        assert torch.isfinite(methods.create(name, vit("avg"), **FAST.get(name, {})).attribute(images, target=[1, 2, 3])).all()
+    with pytest.raises(ValueError, match="global_pool='max'"):
+        AttentionRollout(vit("max")).attribute(images[:1])
 
 
 def test_quirks_switch_changes_dix_on_a_vit(images):
