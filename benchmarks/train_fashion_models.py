@@ -115,6 +115,10 @@ ARCHITECTURES = {
     # its both-in-the-top-2 accuracy trails the CNN's (which averages its last map) far more than its one-item one
     "vit-hybrid-6-blocks-avg": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3,
                                                           "global_pool": "avg", "fc_norm": False}),
+    # the 6-block ViT whose 4 x 4 patches read the stem's map before its max-pool (the same 8 x 8 token grid):
+    # its two-item misses are mostly items read as a similar class (a shirt as a T-shirt), and the pool
+    # leaves a 30 px item about 8 x 8 stem pixels
+    "vit-hybrid-6-blocks-stem2": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3}),
     # a small ResNet at output stride 8: an 8 x 8 last feature map
     "cnn": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 96, 128), "output_stride": 8}),
     "cnn-2-blocks": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8}),
@@ -127,7 +131,7 @@ ARCHITECTURES = {
     "cnn-2-blocks-stem2": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 16}),
 }
 # what timm's creation arguments cannot say (captum_ltx.models.MODEL_EDITS), recorded in config.json
-ARCHITECTURE_EDITS = {"cnn-2-blocks-stem2": ["stem_without_pool"]}
+ARCHITECTURE_EDITS = {"cnn-2-blocks-stem2": ["stem_without_pool"], "vit-hybrid-6-blocks-stem2": ["vit_stem_without_pool"]}
 
 
 def scores(model: torch.nn.Module, seed: int, n: int, split: str = "test", root: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
@@ -195,14 +199,33 @@ def _deepen(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[st
     return completed
 
 
+PATCH_PROJECTION = "patch_embed.proj.weight"
+
+
+def _unpool_patches(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` of a hybrid ViT completed for ``model``, the same ViT whose stem lost its max-pool
+    (edit ``vit_stem_without_pool``): each weight of the patch projection is spread over the 2 x 2 stem
+    pixels its pooled input came from, divided by 4, so each token starts from the average of what the
+    pool took the maximum of (not the same function: training recovers the difference)."""
+    own = model.state_dict()
+    if PATCH_PROJECTION not in weights or PATCH_PROJECTION not in own:
+        return weights
+    kernel = weights[PATCH_PROJECTION]
+    if own[PATCH_PROJECTION].shape != (*kernel.shape[:2], 2 * kernel.shape[2], 2 * kernel.shape[3]):
+        return weights
+    return {**weights, PATCH_PROJECTION: kernel.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) / 4}
+
+
 def _read_init(path: str, model: torch.nn.Module, kind: dict) -> tuple[dict, dict[str, torch.Tensor]]:
     """The provenance and weights of the model that ``--init`` continues, checked against the model to
     train (``kind``: its architecture, kwargs and edits): the same weight names and shapes; another
-    architecture is fine if its weights fit, as ``cnn-2-blocks`` into ``cnn-2-blocks-stem2``, or if it
-    only adds residual blocks, as ``vit-hybrid-6-blocks`` into ``vit-hybrid-8-blocks`` (see _deepen)."""
+    architecture is fine if its weights fit, as ``cnn-2-blocks`` into ``cnn-2-blocks-stem2``, if it
+    only adds residual blocks, as ``vit-hybrid-6-blocks`` into ``vit-hybrid-8-blocks`` (see _deepen), or
+    if its patches read the stem before its pool, as ``vit-hybrid-6-blocks`` into
+    ``vit-hybrid-6-blocks-stem2`` (see _unpool_patches)."""
     config = _read_config(path, "--init")
     shallower = load_timm_model(path).eval()
-    weights = shallower.state_dict()
+    weights = _unpool_patches(model, shallower.state_dict())
     own = model.state_dict()
     misfit = SystemExit(f"--init {path!r} holds a {config.get('architecture')} with {config.get('kwargs')}, whose weights do not fit the --arch to train")
     if not weights.keys() <= own.keys() or any(weights[k].shape != own[k].shape for k in weights):

@@ -87,10 +87,21 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 
 
+def _vit_stem_without_pool(model: nn.Module) -> None:
+    embed = model.patch_embed
+    embed.backbone.pool = nn.Identity()
+    old = embed.proj
+    # twice the kernel and stride over the unpooled map: the same token grid, so the position embedding fits
+    embed.proj = nn.Conv2d(old.in_channels, old.out_channels, tuple(2 * k for k in old.kernel_size), tuple(2 * s for s in old.stride))
+
+
 # Changes to a timm model that its creation arguments cannot express, by the name a config.json records.
 MODEL_EDITS = {
     # a ResNet stem of stride 2 instead of 4 (its max-pool removed): early stages see twice the resolution
     "stem_without_pool": lambda model: setattr(model, "maxpool", nn.Identity()),
+    # a hybrid ViT (timm HybridEmbed) whose patches read its stem's map before the max-pool: each token
+    # sees the stem's features at twice the resolution, for nearly the same compute
+    "vit_stem_without_pool": _vit_stem_without_pool,
 }
 
 

@@ -84,6 +84,36 @@ def test_init_carries_weights_into_an_architecture_they_fit(fake_fashion, tmp_pa
     assert model.forward_features(torch.zeros(1, 3, 64, 64)).shape[-2:] == (8, 8)
 
 
+def test_init_carries_a_vit_into_patches_that_read_its_stem_before_the_pool(fake_fashion, tmp_path, monkeypatch, capsys):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from captum_ltx.models import load_timm_model
+
+    small = ["--train-size", "32", "--batch-size", "32", "--eval-size", "20", "--data-root", fake_fashion]
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+    run(monkeypatch, "--arch", "vit-hybrid-6-blocks", "--epochs", "1", "--out", first, *small)
+    script = load_script()
+    pooled = load_timm_model(first)
+    name, kwargs = script.ARCHITECTURES["vit-hybrid-6-blocks-stem2"]
+    unpooled = script.create_timm_model(name, {**kwargs, "num_classes": 10}, script.ARCHITECTURE_EDITS["vit-hybrid-6-blocks-stem2"])
+    unpooled.load_state_dict(script._unpool_patches(unpooled, pooled.state_dict()))
+    # each token starts as the pooled model's projection of the 2 x 2 average of the stem's map
+    stem = unpooled.patch_embed.backbone(torch.randn(2, 3, 64, 64))
+    assert stem.shape[-2:] == (32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(unpooled.patch_embed.proj(stem), pooled.patch_embed.proj(F.avg_pool2d(stem, 2)), atol=1e-5, rtol=1e-5)
+    assert unpooled.patch_embed.grid_size == pooled.patch_embed.grid_size == (8, 8)
+
+    run(monkeypatch, "--arch", "vit-hybrid-6-blocks-stem2", "--epochs", "1", "--lr", "1e-4", "--init", first, "--out", second, *small)
+    after = config(second)
+    assert after["edits"] == ["vit_stem_without_pool"] and after["initialised_from"]["architecture"]["edits"] == []
+    model = load_timm_model(second)
+    assert isinstance(model.patch_embed.backbone.pool, nn.Identity) and model.patch_embed.proj.kernel_size == (4, 4)
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 10)
+
+
 def test_init_deepens_a_model_by_blocks_that_start_as_identities(fake_fashion, tmp_path, monkeypatch, capsys):
     import torch
 
