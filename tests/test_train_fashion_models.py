@@ -158,11 +158,37 @@ def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypat
     run(monkeypatch, "--evaluate", out, "--eval-size", "20", "--data-root", fake_fashion)
     assert ast.literal_eval(capsys.readouterr().out.strip()) == config(out)["test_accuracy"]
     run(monkeypatch, "--evaluate", out, "--eval-size", "20", "--data-root", fake_fashion, "--misses")
-    accuracy, misses = capsys.readouterr().out.strip().splitlines()
+    accuracy, misses, intruders = capsys.readouterr().out.strip().splitlines()
     per_class = ast.literal_eval(misses.split(": ", 1)[1])
     assert len(per_class) == 10 and all(0 <= v <= 1 for v in per_class.values())
+    shares = ast.literal_eval(intruders.split(": ", 1)[1])
+    assert set(shares) == {"misread", "hedged"} and 0 <= shares["misread"] + shares["hedged"] <= 1
     # every two-item scene is a hit exactly when no item is missed
     assert (ast.literal_eval(accuracy)["two_items_both_in_top2"] == 1) == (max(per_class.values()) == 0)
+
+
+def test_intruders_tell_a_misread_item_from_a_hedge_on_the_other():
+    import torch
+
+    script = load_script()
+    shirt, trouser, tshirt, pullover, sandal, sneaker, bag, boot = 6, 1, 0, 2, 5, 7, 8, 9
+
+    def scene(wanted, top2):
+        row = torch.zeros(10, dtype=torch.bool)
+        row[list(wanted)] = True
+        logits = torch.zeros(10)
+        logits[list(top2)] = torch.tensor([2.0, 1.0])
+        return logits, row
+
+    scenes = [
+        scene((shirt, bag), (bag, tshirt)),  # the shirt read as a T-shirt: misread
+        scene((shirt, bag), (shirt, pullover)),  # both places on the shirt: hedged
+        scene((sandal, sneaker), (sandal, boot)),  # a shoe for a shoe next to a shoe: neither
+        scene((shirt, trouser), (trouser, bag)),  # a bag for a shirt: neither
+        scene((shirt, trouser), (trouser, shirt)),  # both kept
+    ]
+    logits, wanted = (torch.stack(t) for t in zip(*scenes))
+    assert script._intruders(logits, wanted) == (4, 1, 1)
 
 
 def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch, capsys):
