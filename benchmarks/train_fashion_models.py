@@ -142,47 +142,45 @@ ARCHITECTURE_EDITS = {"cnn-2-blocks-stem2": ["stem_without_pool"], "vit-hybrid-6
 # each class's kind: a class that takes a missed item's place in the top 2 tells, by its kind, whether the
 # model misread that item (a shirt as a T-shirt) or spent both places on the other item (a shirt and a T-shirt)
 KINDS = ("top", "trouser", "top", "top", "top", "shoe", "top", "shoe", "bag", "shoe")
+KIND_IDS = torch.tensor([sorted(set(KINDS)).index(k) for k in KINDS])
 
 
-def _intruders(logits: torch.Tensor, wanted: torch.Tensor) -> tuple[int, int, int]:
-    """Of two-item scenes (``wanted``: (B, classes) bool, two per row) scored by ``logits``: how many
-    lose an item from the top 2, and of those with one item lost, how many let in a class of the lost
-    item's kind only (misread) and of the kept item's kind only (hedged)."""
+def _two_item_misses(logits: torch.Tensor, wanted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For two-item scenes (``wanted``: (B, classes) bool, two per row) scored by ``logits``: the items
+    lost from the top 2 (B, classes), and per scene whether it lost one item to a class of that item's
+    kind only (misread) or of the kept item's kind only (hedged)."""
     in_top2 = torch.zeros_like(wanted).scatter_(1, logits.topk(2, dim=1).indices, True)
     lost = wanted & ~in_top2
     one_lost = lost.sum(dim=1) == 1
-    kind = torch.tensor([KINDS.index(k) for k in KINDS])
-    lost_kind, kept_kind, intruder_kind = (kind[m.float().argmax(dim=1)] for m in (lost, wanted & in_top2, in_top2 & ~wanted))
+    lost_kind, kept_kind, intruder_kind = (KIND_IDS[m.float().argmax(dim=1)] for m in (lost, wanted & in_top2, in_top2 & ~wanted))
     misread = one_lost & (intruder_kind == lost_kind) & (intruder_kind != kept_kind)
     hedged = one_lost & (intruder_kind == kept_kind) & (intruder_kind != lost_kind)
-    return int(lost.any(dim=1).sum()), int(misread.sum()), int(hedged.sum())
+    return lost, misread, hedged
 
 
 def scores(model: torch.nn.Module, seed: int, n: int, split: str = "test", root: str | None = None) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """The accuracies (top-1 on one-item scenes, both classes in the top 2 on two-item scenes), per
     class the share of its items in the two-item scenes that fall out of the top 2, and the shares of
-    missed two-item scenes that misread or hedged (see _intruders), from one pass."""
+    the missed two-item scenes that misread an item or hedged (see _two_item_misses), from one pass."""
     model.eval()
     one = FashionScenes(split, length=n, items=1, seed=seed + 1, root=root)
     two = FashionScenes(split, length=n, items=2, seed=seed + 2, root=root)
-    top1_hits = both_hits = 0
+    top1_hits = both_hits = misread = hedged = 0
     missed, seen = torch.zeros(len(CLASSES)), torch.zeros(len(CLASSES))
-    counts = torch.zeros(3, dtype=torch.long)
     with torch.no_grad():
         for x, target, _ in DataLoader(one, batch_size=256):
             top1_hits += int((model(x).argmax(1) == target.argmax(1)).sum())
         for x, target, _ in DataLoader(two, batch_size=256):
             wanted = target > 0
-            logits = model(x)
-            lost = wanted & ~torch.zeros_like(wanted).scatter_(1, logits.topk(2, dim=1).indices, True)
+            lost, misreads, hedges = _two_item_misses(model(x), wanted)
             both_hits += int((~lost.any(dim=1)).sum())
             seen += wanted.sum(0)
             missed += lost.sum(0)
-            counts += torch.tensor(_intruders(logits, wanted))
+            misread, hedged = misread + int(misreads.sum()), hedged + int(hedges.sum())
     accuracy = {"one_item_top1": top1_hits / n, "two_items_both_in_top2": both_hits / n}
     per_class = {name: round(float(m / s), 3) for name, m, s in zip(CLASSES, missed, seen.clamp_min(1))}
-    scenes = max(int(counts[0]), 1)
-    return accuracy, per_class, {"misread": round(int(counts[1]) / scenes, 3), "hedged": round(int(counts[2]) / scenes, 3)}
+    scenes = max(n - both_hits, 1)
+    return accuracy, per_class, {"misread": round(misread / scenes, 3), "hedged": round(hedged / scenes, 3)}
 
 
 def accuracies(model: torch.nn.Module, seed: int, n: int, split: str = "test", root: str | None = None) -> dict[str, float]:
@@ -234,9 +232,10 @@ PATCH_PROJECTION = "patch_embed.proj.weight"
 
 def _unpool_patches(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``weights`` of a hybrid ViT completed for ``model``, the same ViT whose stem lost its max-pool
-    (edit ``vit_stem_without_pool``): each weight of the patch projection is spread over the 2 x 2 stem
-    pixels its pooled input came from, divided by 4, so each token starts from the average of what the
-    pool took the maximum of (not the same function: training recovers the difference)."""
+    (edit ``vit_stem_without_pool``): each weight of the patch projection is spread over the 2 x 2 block
+    of stem pixels at its pooled input's place (the pool's stride), divided by 4, so each token starts
+    from an average where the pool took the maximum over 3 x 3 windows (not the same function: training
+    recovers the difference)."""
     own = model.state_dict()
     if PATCH_PROJECTION not in weights or PATCH_PROJECTION not in own:
         return weights
@@ -326,7 +325,7 @@ def main() -> None:
                         help="scenes --evaluate uses: training scenes against validation ones tell underfitting from overfitting")
     parser.add_argument("--misses", action="store_true",
                         help="with --evaluate: also each class's share of two-item items missing from the top 2, and how "
-                             "many missed scenes misread an item or hedged on the other (see _intruders)")
+                             "many missed scenes misread an item or hedged on the other (see _two_item_misses)")
     args = parser.parse_args()
     if args.evaluate:
         accuracy, misses, intruders = scores(load_timm_model(args.evaluate), args.seed, args.eval_size, split=args.evaluate_split, root=args.data_root)

@@ -107,7 +107,9 @@ def output_row_map(joint: Tensor, model: nn.Module, image_size: tuple[int, int])
     if pooling == "token":
         row = joint[:, 0, prefix:]
     elif pooling == "avg":
-        row = joint[:, prefix:, prefix:].mean(dim=1)
+        # timm averages the prefix tokens too when asked to (pool_include_prefix)
+        first = 0 if getattr(model, "pool_include_prefix", False) else prefix
+        row = joint[:, first:, prefix:].mean(dim=1)
     else:
         raise ValueError(f"attention maps read the class token (global_pool='token') or the average of the patch tokens "
                          f"(global_pool='avg'); this ViT has global_pool={pooling!r}")

@@ -90,9 +90,13 @@ SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def _vit_stem_without_pool(model: nn.Module) -> None:
     embed = model.patch_embed
     embed.backbone.pool = nn.Identity()
+    # patches twice as wide over a map twice as large (the pool had stride 2): the same token grid, so the
+    # position embedding fits
+    embed.patch_size = tuple(2 * p for p in embed.patch_size)
+    embed.feature_size = tuple(2 * f for f in embed.feature_size)
+    embed.feature_ratio = tuple(r // 2 for r in embed.feature_ratio)
     old = embed.proj
-    # twice the kernel and stride over the unpooled map: the same token grid, so the position embedding fits
-    embed.proj = nn.Conv2d(old.in_channels, old.out_channels, tuple(2 * k for k in old.kernel_size), tuple(2 * s for s in old.stride))
+    embed.proj = nn.Conv2d(old.in_channels, old.out_channels, embed.patch_size, embed.patch_size, bias=old.bias is not None)
 
 
 # Changes to a timm model that its creation arguments cannot express, by the name a config.json records.

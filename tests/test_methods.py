@@ -164,6 +164,9 @@ def test_attention_maps_read_the_patch_tokens_an_avg_pooled_vit_classifies(image
     joint = torch.rand(2, 17, 17)
     torch.testing.assert_close(output_row_map(joint, model, (32, 32)).flatten(1), joint[:, 1:, 1:].mean(dim=1))
     torch.testing.assert_close(output_row_map(joint, tiny_vit(), (32, 32)).flatten(1), joint[:, 0, 1:])
+    model.pool_include_prefix = True  # timm then averages the class token with the patch tokens
+    torch.testing.assert_close(output_row_map(joint, model, (32, 32)).flatten(1), joint[:, :, 1:].mean(dim=1))
+    model.pool_include_prefix = False
     # rollout's map of a pooled ViT is no longer the class token's row, which its classifier never reads
     pooled = AttentionRollout(model, normalize=False).attribute(images[:1])
     model.global_pool = "token"

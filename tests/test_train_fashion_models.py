@@ -105,6 +105,7 @@ def test_init_carries_a_vit_into_patches_that_read_its_stem_before_the_pool(fake
     with torch.no_grad():
         torch.testing.assert_close(unpooled.patch_embed.proj(stem), pooled.patch_embed.proj(F.avg_pool2d(stem, 2)), atol=1e-5, rtol=1e-5)
     assert unpooled.patch_embed.grid_size == pooled.patch_embed.grid_size == (8, 8)
+    assert (unpooled.patch_embed.patch_size, unpooled.patch_embed.feature_size) == ((4, 4), (32, 32))
 
     run(monkeypatch, "--arch", "vit-hybrid-6-blocks-stem2", "--epochs", "1", "--lr", "1e-4", "--init", first, "--out", second, *small)
     after = config(second)
@@ -167,11 +168,11 @@ def test_evaluate_measures_a_saved_model_again(fake_fashion, tmp_path, monkeypat
     assert (ast.literal_eval(accuracy)["two_items_both_in_top2"] == 1) == (max(per_class.values()) == 0)
 
 
-def test_intruders_tell_a_misread_item_from_a_hedge_on_the_other():
+def test_two_item_misses_tell_a_misread_item_from_a_hedge_on_the_other():
     import torch
 
     script = load_script()
-    shirt, trouser, tshirt, pullover, sandal, sneaker, bag, boot = 6, 1, 0, 2, 5, 7, 8, 9
+    tshirt, trouser, pullover, sandal, coat, shirt, sneaker, bag, boot = 0, 1, 2, 5, 4, 6, 7, 8, 9
 
     def scene(wanted, top2):
         row = torch.zeros(10, dtype=torch.bool)
@@ -182,13 +183,18 @@ def test_intruders_tell_a_misread_item_from_a_hedge_on_the_other():
 
     scenes = [
         scene((shirt, bag), (bag, tshirt)),  # the shirt read as a T-shirt: misread
+        scene((sneaker, coat), (coat, sandal)),  # the sneaker read as a sandal: misread
         scene((shirt, bag), (shirt, pullover)),  # both places on the shirt: hedged
         scene((sandal, sneaker), (sandal, boot)),  # a shoe for a shoe next to a shoe: neither
         scene((shirt, trouser), (trouser, bag)),  # a bag for a shirt: neither
+        scene((shirt, trouser), (bag, boot)),  # both lost: neither
         scene((shirt, trouser), (trouser, shirt)),  # both kept
     ]
     logits, wanted = (torch.stack(t) for t in zip(*scenes))
-    assert script._intruders(logits, wanted) == (4, 1, 1)
+    lost, misread, hedged = script._two_item_misses(logits, wanted)
+    assert lost.sum(dim=1).tolist() == [1, 1, 1, 1, 1, 2, 0]
+    assert misread.tolist() == [True, True, False, False, False, False, False]
+    assert hedged.tolist() == [False, False, True, False, False, False, False]
 
 
 def test_ema_keeps_the_averaged_weights(fake_fashion, tmp_path, monkeypatch, capsys):
