@@ -65,6 +65,12 @@ nor (the same, about 30 minutes; benchmarks/results/fashion_vit-stem2-cycle.json
 
     python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks-stem2 --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --epochs 12 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-stem2
 
+and, to compare the two stems from scratch (one core each, side by side, about 37 minutes; their
+config.json files are benchmarks/results/fashion_vit-scratch-*-10-epochs.json):
+
+    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --epochs 10 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-scratch-pooled
+    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks-stem2 --epochs 10 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-scratch-stem2
+
 A CNN cycle with mirrored training scenes (``--hflip``; one core, about 71 minutes) was not shipped: on
 4,000 fresh validation scenes of each kind (``--evaluate ... --evaluate-split val --eval-size 4000 --seed 777``)
 it scored as the shipped CNN (91.05% / 85.0% against 91.0% / 85.2%); its config.json is
