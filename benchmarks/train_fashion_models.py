@@ -110,36 +110,42 @@ from captum_ltx.models import create_timm_model, load_timm_model, save_timm_mode
 from captum_ltx.pretrain import _load_optimizer, _save_optimizer  # the same resumable optimiser state
 
 NORMALIZATION = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+def _variant(kind: tuple[str, dict], **changes) -> tuple[str, dict]:
+    """An architecture of ARCHITECTURES with some creation arguments changed or added."""
+    return kind[0], {**kind[1], **changes}
+
+
+VIT_HYBRID_6_BLOCKS = ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3})
+CNN_2_BLOCKS = ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8})
 ARCHITECTURES = {
     # 8 x 8 patches of 64 px scenes: an 8 x 8 token grid, 4 blocks
     "vit": ("vit_tiny_patch16_224", {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3}),
     # the same grid and blocks with one convolution (stride 4) before 2 x 2 patches: early convolutions
     # make small ViTs learn much faster (Xiao et al., 2021)
-    "vit-hybrid": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 4, "num_heads": 3}),
+    "vit-hybrid": _variant(VIT_HYBRID_6_BLOCKS, depth=4),
     # the shipped checkpoints were still underfitting (training accuracy = validation accuracy): more blocks
-    "vit-hybrid-6-blocks": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3}),
+    "vit-hybrid-6-blocks": VIT_HYBRID_6_BLOCKS,
     # the 6-block ViT still fits its training scenes no better than validation ones: two more blocks, which
     # --init appends to a 6-block model as identities (see _deepen)
-    "vit-hybrid-8-blocks": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 8, "num_heads": 3}),
+    "vit-hybrid-8-blocks": _variant(VIT_HYBRID_6_BLOCKS, depth=8),
     # the 6-block ViT's weights (so --init vit-hybrid-6-blocks continues it) classifying the average of the
     # patch tokens instead of the class token: a two-item scene puts one item in each half of the grid, and
     # its both-in-the-top-2 accuracy trails the CNN's (which averages its last map) far more than its one-item one
-    "vit-hybrid-6-blocks-avg": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3,
-                                                          "global_pool": "avg", "fc_norm": False}),
-    # the 6-block ViT whose 4 x 4 patches read the stem's map before its max-pool (the same 8 x 8 token grid):
-    # half of its two-item misses are items read as a similar class (a shirt as a T-shirt), and the pool
-    # leaves a 30 px item about 8 x 8 stem pixels
-    "vit-hybrid-6-blocks-stem2": ("vit_tiny_r_s16_p8_224", {"img_size": 64, "patch_size": 2, "embed_dim": 96, "depth": 6, "num_heads": 3}),
+    "vit-hybrid-6-blocks-avg": _variant(VIT_HYBRID_6_BLOCKS, global_pool="avg", fc_norm=False),
+    # the 6-block ViT whose 4 x 4 patches read the stem's map before its max-pool (the same 8 x 8 token grid;
+    # see ARCHITECTURE_EDITS): half of its two-item misses are items read as a similar class (a shirt as a
+    # T-shirt), and the pool leaves a 30 px item about 8 x 8 stem pixels
+    "vit-hybrid-6-blocks-stem2": _variant(VIT_HYBRID_6_BLOCKS),
     # a small ResNet at output stride 8: an 8 x 8 last feature map
-    "cnn": ("resnet18", {"layers": (1, 1, 1, 1), "channels": (32, 64, 96, 128), "output_stride": 8}),
-    "cnn-2-blocks": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8}),
+    "cnn": _variant(CNN_2_BLOCKS, layers=(1, 1, 1, 1)),
+    "cnn-2-blocks": CNN_2_BLOCKS,
     # the same weights (so --init cnn-2-blocks continues it) with stochastic depth: the CNN fits its training
     # scenes about 2 points better than validation ones, so regularise rather than grow it
-    "cnn-2-blocks-drop-path": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 8, "drop_path_rate": 0.1}),
+    "cnn-2-blocks-drop-path": _variant(CNN_2_BLOCKS, drop_path_rate=0.1),
     # the same weights (so --init cnn-2-blocks continues it) with a stride-2 stem and the third stage
     # strided instead of dilated: the first two stages see twice the resolution, the last map is still
     # 8 x 8; about 1.8 times the compute
-    "cnn-2-blocks-stem2": ("resnet18", {"layers": (2, 2, 2, 2), "channels": (32, 64, 96, 128), "output_stride": 16}),
+    "cnn-2-blocks-stem2": _variant(CNN_2_BLOCKS, output_stride=16),
 }
 # what timm's creation arguments cannot say (captum_ltx.models.MODEL_EDITS), recorded in config.json
 ARCHITECTURE_EDITS = {"cnn-2-blocks-stem2": ["stem_without_pool"], "vit-hybrid-6-blocks-stem2": ["vit_stem_without_pool"]}
