@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -11,8 +11,11 @@ from ._model import target_score
 from ._validation import repeat_rows
 
 
-def spatial_outputs(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> list[tuple[str, int]]:
-    """(module name, h * w) of every module with a (B, C, h, w) output, h, w > 1, in execution order."""
+def spatial_outputs(
+    model: nn.Module, x: Tensor, args: tuple[Any, ...], forward: Callable[..., Any] | None = None
+) -> list[tuple[str, int]]:
+    """(module name, h * w) of every module with a (B, C, h, w) output, h, w > 1, in execution order
+    (of completion), running ``forward`` (default: the model) on ``x``."""
     names = {m: n for n, m in model.named_modules() if n}
     order: list[tuple[str, int]] = []
 
@@ -23,30 +26,67 @@ def spatial_outputs(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> list[
     handles = [m.register_forward_hook(record) for m in names]
     try:
         with torch.no_grad():
-            model(x, *args)
+            (forward or model)(x, *args)
     finally:
         for h in handles:
             h.remove()
     return order
 
 
+def last_stage(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> str:
+    """Name of the last feature stage: timm's ``feature_info``, else the last module with a spatial output."""
+    info = _stage_info(model)
+    if info:
+        return info[-1]
+    order = spatial_outputs(model, x[:1], _first_rows(args, x))
+    if not order:
+        raise ValueError("the model has no layer with a spatial (B, C, h, w) output; pass the layer explicitly")
+    return order[-1][0]
+
+
 def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple[str, str]:
     """Names of the penultimate and the last feature stage.
 
-    timm models list their stages in ``feature_info``; for other modules the last stage is the last
-    module with a spatial output, and the penultimate one the last module before the final downsampling.
+    timm models list their stages in ``feature_info``. For other modules the last stage is the last
+    module with a spatial output, and the penultimate one the latest module before the last
+    downsampling whose output alone determines the logits (so torchvision's ResNets get ``layer3``,
+    not a layer inside ``layer4``'s first block); a model that never downsamples gets the latest
+    such module before the last stage.
     """
-    info = getattr(model, "feature_info", None)
-    if isinstance(info, (list, tuple)) and len(info) >= 2 and all(isinstance(f, dict) and "module" in f for f in info):
-        return info[-2]["module"], info[-1]["module"]
-    order = spatial_outputs(model, x[:1], tuple(a[:1] if isinstance(a, Tensor) and a.shape[:1] == x.shape[:1] else a for a in args))
+    info = _stage_info(model)
+    if info and len(info) >= 2:
+        return info[-2], info[-1]
+    small_args = _first_rows(args, x)
+    order = spatial_outputs(model, x[:1], small_args)
     if not order:
         raise ValueError("the model has no layer with a spatial (B, C, h, w) output; pass `layers` explicitly")
     last, last_area = order[-1]
-    earlier = [name for name, area in order if area > last_area]
-    if not earlier:
-        raise ValueError("could not find a feature stage before the last downsampling; pass `layers` explicitly")
-    return earlier[-1], last
+    calls: dict[str, int] = {}
+    for name, _ in order:
+        calls[name] = calls.get(name, 0) + 1
+    # a module run more than once (a shared ReLU) cannot stand for one representation
+    candidates = [(name, area) for name, area in order[:-1] if calls[name] == 1 and name != last]
+    coarser = [name for name, area in candidates if area > last_area]
+    ordered = list(reversed(coarser)) or [name for name, _ in reversed(candidates)]
+    runner = StageRunner(model, x[:1], small_args)
+    for name in ordered:
+        if runner.separates(name):
+            return name, last
+    raise ValueError(
+        f"could not find a layer before {last!r} whose output alone determines the logits; pass `layers` "
+        "(penultimate, last) explicitly"
+    )
+
+
+def _stage_info(model: nn.Module) -> list[str]:
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, (list, tuple)) and all(isinstance(f, dict) and "module" in f for f in info):
+        return [f["module"] for f in info]
+    return []
+
+
+def _first_rows(args: tuple[Any, ...], x: Tensor) -> tuple[Any, ...]:
+    return tuple(a[:1] if isinstance(a, Tensor) and a.shape[:1] == x.shape[:1] else a for a in args)
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module, name: str = "layer") -> nn.Module:
@@ -107,6 +147,14 @@ class StageRunner:
             for h in handles:
                 h.remove()
         return logits, (captured[-1] if captured else None)
+
+    def separates(self, layer: str) -> bool:
+        """Whether ``layer``'s output alone determines the logits (the size it needs is remembered)."""
+        try:
+            self.sizes[layer] = self._separating_size(layer)
+        except ValueError:
+            return False
+        return True
 
     def _separating_size(self, layer: str) -> tuple[int, int]:
         with torch.no_grad():

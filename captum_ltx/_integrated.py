@@ -35,7 +35,10 @@ class LayerPair:
                 resolve_layer(model, name, "layers")
 
     def cnn(self, x: Tensor, args: tuple[Any, ...]) -> tuple[str, str]:
-        return tuple(self.layers) if self.layers is not None else cnn_stages(self.model, x, args)  # type: ignore[return-value]
+        if self.layers is None:
+            # found once: discovery runs the model a few times to check which layers separate it
+            self.layers = cnn_stages(self.model, x, args)
+        return tuple(self.layers)  # type: ignore[return-value]
 
     def vit(self) -> tuple[int, int]:
         blocks = len(self.model.blocks)

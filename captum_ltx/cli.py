@@ -59,6 +59,15 @@ def _method_options(text: str, argument: str) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _objective(text: str, argument: str, **overrides: Any) -> Any:
+    from .objective import LTXObjective
+
+    try:
+        return LTXObjective.from_config(_json_object(text, argument), **overrides)
+    except (TypeError, ValueError) as e:
+        raise SystemExit(f"`{argument}`: {e}") from None
+
+
 def explain(args: argparse.Namespace) -> None:
     import timm
     from PIL import Image
@@ -103,17 +112,21 @@ def pretrain(args: argparse.Namespace) -> None:
 
     if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
         raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
+    objective = _objective(args.objective, "--objective", mask_weight=args.mask_weight)
+    finetune_objective = _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)
     torch.manual_seed(args.seed)
     model = _model(args)
     train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed))
     val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed))
     explainer = run_pretraining(
         model, train, val_data=val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        mask_weight=args.mask_weight, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
+        objective=objective, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
         seed=args.seed, explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
-    finetuning = {k: v for k, v in (("lr", args.finetune_lr), ("mask_weight", args.finetune_mask_weight),
-                                    ("finetune_steps", args.finetune_steps)) if v is not None}
+    finetuning: dict[str, Any] = {k: v for k, v in (("lr", args.finetune_lr), ("backbone_lr", args.finetune_backbone_lr),
+                                                    ("finetune_steps", args.finetune_steps)) if v is not None}
+    if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:
+        finetuning["objective"] = finetune_objective.to_config()
     if finetuning:  # LTX(model, checkpoint) uses these unless told otherwise
         explainer.config["finetuning"] = finetuning
     explainer.save(args.out)
@@ -161,7 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--mask-weight", type=float, default=3.0)
+    p.add_argument("--mask-weight", type=float, default=None, help="the objective's mask weight (default 3)")
+    p.add_argument("--objective", default="{}",
+                   help='JSON: LTXObjective settings of pretraining, e.g. {"complement_weight": 1, "baseline": "mix"}')
+    p.add_argument("--finetune-objective", default="{}", help="JSON: LTXObjective settings recorded for finetuning")
+    p.add_argument("--finetune-backbone-lr", type=float, default=None, help="finetuning lr of the explainer's backbone recorded in the checkpoint")
     p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
     p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")
     p.add_argument("--finetune-steps", type=int, default=None, help="finetuning steps per image recorded in the checkpoint")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "explainer.safetensors"
 FORMAT_VERSION = 1
 HEADS = ("mlp", "conv")
+FEATURE_NORMS = ("layer", "image")
+DEFAULT_FEATURE_NORM = "layer"
+DEFAULT_MASK_PRIOR = 0.5
 CLASS_GAIN = 50.0
 _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
@@ -46,18 +50,46 @@ def _last_spatial_layer(model: nn.Module, x: Tensor, *args: Any) -> str:
     return order[-1][0]
 
 
-def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any) -> Tensor:
-    if features["access"] == "forward_features":
-        return net.forward_features(x)
-    captured: list[Tensor] = []
-    layer = net.get_submodule(features["layer"])
+def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any) -> tuple[Tensor, list[Tensor]]:
+    """The head's main features and the outputs of the finer layers (``features["fine"]``), in one forward."""
+    hooked = [features["layer"]] if features["access"] == "hook" else []
+    hooked += [fine["layer"] for fine in features.get("fine", ())]
+    captured: dict[str, Tensor] = {}
     # Registered per call (not once) so that deep copies of an explainer never share a hook.
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    handles = [
+        net.get_submodule(name).register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+        for name in hooked
+    ]
     try:
-        net(x, *args)
+        main = net.forward_features(x) if features["access"] == "forward_features" else net(x, *args)
     finally:
-        handle.remove()
-    return captured[-1]
+        for handle in handles:
+            handle.remove()
+    if features["access"] == "hook":
+        main = captured[features["layer"]]
+    return main, [captured[fine["layer"]] for fine in features.get("fine", ())]
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels at each location of a (B, C, h, w) map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _feature_norm(kind: str | None, channels: int) -> nn.Module:
+    """``"layer"``: each location's channels; ``"image"``: each image's features over all channels and
+    locations (one group), so that locations keep their relative strength; ``None``: raw features."""
+    if kind is None:
+        return nn.Identity()
+    return _LayerNorm2d(channels) if kind == "layer" else nn.GroupNorm(1, channels)
+
+
+def _prior_init(conv: nn.Conv2d, prior: float | None) -> None:
+    """Near-zero weights and a bias that starts the mask at ``prior`` everywhere (the prior-bias
+    initialisation of detection heads), so the sigmoid starts unsaturated whatever the features."""
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.constant_(conv.bias, 0.0 if prior is None else math.log(prior / (1 - prior)))
 
 
 def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Tensor:
@@ -75,6 +107,42 @@ def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Ten
     if h * w != n:
         raise ValueError(f"cannot arrange {n} patch tokens into a grid for an image of size {height}x{width}")
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def _fine_features(
+    net: nn.Module, features: dict[str, Any], probe: Tensor, args: tuple[Any, ...], names: Sequence[str] | None,
+    size: tuple[int, int],
+) -> list[dict[str, Any]]:
+    """Name, channels and size of each finer map the head adds; by default the last feature stage
+    finer than the head's grid (timm's ``feature_info``, else any module's output)."""
+    outputs = spatial_outputs(net, probe, args, forward=net.forward_features if features["access"] == "forward_features" else None)
+    if names is None:
+        info = getattr(net, "feature_info", None)
+        stages = {f["module"] for f in info if isinstance(f, dict) and "module" in f} if isinstance(info, (list, tuple)) else set()
+        finer = [n for n, area in outputs if area > size[0] * size[1] and (not stages or n in stages)]
+        if not finer:
+            raise ValueError(
+                f"`multi_stride`: the backbone has no feature map finer than the head's {size[0]}x{size[1]}; "
+                "pass `fine_layers` naming modules with finer (B, C, h, w) outputs"
+            )
+        names = [finer[-1]]
+    modules = dict(net.named_modules())
+    for name in names:
+        if name not in modules:
+            raise ValueError(f"`fine_layers`: {name!r} is not a module of the backbone")
+    with torch.no_grad():
+        _, maps = _read_features(net, dict(features, fine=[{"layer": n} for n in names]), probe, *args)
+    result = []
+    previous = size
+    for name, out in zip(names, maps):
+        if out.dim() != 4 or out.shape[-2] < previous[0] or out.shape[-1] < previous[1]:
+            raise ValueError(
+                f"`fine_layers`: {name!r} must give a (B, C, h, w) map at least as fine as the one before it "
+                f"({previous[0]}x{previous[1]}), got shape {tuple(out.shape)}"
+            )
+        previous = tuple(out.shape[-2:])
+        result.append({"layer": name, "channels": int(out.shape[1]), "size": list(previous)})
+    return result
 
 
 class Explainer(nn.Module):
@@ -112,6 +180,9 @@ class Explainer(nn.Module):
         self.backbone = backbone
         self.config = config
         channels = config["features"]["channels"]
+        # checkpoints from before these settings existed read raw features with the reference's init
+        norm, prior = config.get("feature_norm"), config.get("mask_prior")
+        self.norm = _feature_norm(norm, channels)
         if config["head"] == "mlp":
             self.head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.Tanh(), nn.Conv2d(channels, 1, 1))
             for conv in self.head[0::2]:
@@ -120,6 +191,14 @@ class Explainer(nn.Module):
                 nn.init.zeros_(conv.bias)
         else:
             self.head = nn.Conv2d(channels, 1, 1)
+        if prior is not None:
+            _prior_init(self.head[-1] if config["head"] == "mlp" else self.head, prior)
+        # finer feature maps each add their own logits, upsampled coarse to fine, for a finer mask
+        self.fine_heads = nn.ModuleList()
+        for fine in config["features"].get("fine", ()):
+            fine_head = nn.Sequential(_feature_norm(norm, fine["channels"]), nn.Conv2d(fine["channels"], 1, 1))
+            _prior_init(fine_head[-1], None)
+            self.fine_heads.append(fine_head)
         classes = config.get("num_classes")
         # the per-class scale is 1 + CLASS_GAIN * class_offset: zero at first (the class-blind explainer),
         # and the gain lets it move at the backbone's small lr (without it, 2e-4 x 250 steps moved the
@@ -144,6 +223,10 @@ class Explainer(nn.Module):
         num_classes: int | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         probe_args: tuple[Any, ...] = (),
+        feature_norm: str | None = DEFAULT_FEATURE_NORM,
+        mask_prior: float | None = DEFAULT_MASK_PRIOR,
+        multi_stride: bool = False,
+        fine_layers: Sequence[str] | None = None,
     ) -> "Explainer":
         """Derives an explainer for ``model``.
 
@@ -164,6 +247,17 @@ class Explainer(nn.Module):
             num_classes (int, optional): make the mask depend on the explained class (see above).
             probe_args (tuple): further model arguments for one probing forward pass (batch of 1),
                 for models that take more than the image.
+            feature_norm (str, optional): how the head normalises the features it reads: ``"layer"``
+                (default: the channels at each location), ``"image"`` (each image's features as a
+                whole, so locations keep their relative strength) or ``None`` (raw features, as the
+                reference; a model with large unnormalised features then starts saturated).
+            mask_prior (float, optional): the mask every location starts at, in (0, 1): the head's
+                last layer starts with near-zero weights and the bias ``log(p / (1 - p))``
+                (default 0.5). ``None`` keeps the reference's initialisation.
+            multi_stride (bool): add the logits of a finer feature map (the stage before the last
+                downsampling, or ``fine_layers``) to the head's, for a mask at the finer resolution.
+            fine_layers (sequence of str, optional): backbone modules with finer (B, C, h, w) outputs,
+                coarse to fine; implies ``multi_stride``.
         """
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be an nn.Module to derive an explainer from, got {type(model).__name__}")
@@ -171,6 +265,12 @@ class Explainer(nn.Module):
             raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}")
         if head is not None and head not in HEADS:
             raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
+        if feature_norm is not None and feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"`feature_norm` must be one of {list(FEATURE_NORMS)} or None, got {feature_norm!r}")
+        if mask_prior is not None and (isinstance(mask_prior, bool) or not isinstance(mask_prior, (int, float)) or not 0 < mask_prior < 1):
+            raise ValueError(f"`mask_prior` must be a number in (0, 1) or None, got {mask_prior!r}")
+        if fine_layers is not None and (isinstance(fine_layers, str) or not all(isinstance(n, str) for n in fine_layers)):
+            raise ValueError(f"`fine_layers` must be a sequence of module names, got {fine_layers!r}")
         input_size = input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
         if input_size is None or len(input_size) != 3:
             raise ValueError(f"`input_size` (C, H, W) is needed for a model without timm's pretrained_cfg, got {input_size!r}")
@@ -224,8 +324,13 @@ class Explainer(nn.Module):
         }
         if num_classes is not None:
             config["num_classes"] = num_classes
+        if feature_norm is not None:
+            config["feature_norm"] = feature_norm
+        if mask_prior is not None:
+            config["mask_prior"] = float(mask_prior)
+        net_args = probe_args if access["access"] == "hook" else ()
         with torch.no_grad():
-            raw = _read_features(net, features, probe, *(probe_args if access["access"] == "hook" else ()))
+            raw, _ = _read_features(net, features, probe, *net_args)
         if raw.dim() == 3:
             features["layout"] = "tokens"
             features["num_prefix_tokens"] = int(
@@ -239,6 +344,9 @@ class Explainer(nn.Module):
         grid = _feature_grid(raw, probe.shape[-2:], features)
         features["channels"] = int(grid.shape[1])
         config["mask_size"] = list(grid.shape[-2:])
+        if multi_stride or fine_layers is not None:
+            features["fine"] = _fine_features(net, features, probe, net_args, fine_layers, tuple(grid.shape[-2:]))
+            config["mask_size"] = features["fine"][-1]["size"]
         config["head"] = head or ("mlp" if features["layout"] == "tokens" else "conv")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -256,14 +364,18 @@ class Explainer(nn.Module):
         a class-conditioned explainer, ignored by a class-blind one.
         """
         features = self.config["features"]
-        grid = _feature_grid(_read_features(self.backbone, features, x, *additional_forward_args), x.shape[-2:], features)
+        raw, fines = _read_features(self.backbone, features, x, *additional_forward_args)
+        grid = self.norm(_feature_grid(raw, x.shape[-2:], features))
         if self.class_offset is not None:
             classes = self.class_offset.shape[0]
             if target is None:
                 raise ValueError(f"`target` is needed: this explainer makes a mask per class ({classes} classes)")
             target = format_target(target, grid.shape[0], classes).to(grid.device)
             grid = grid * (1 + CLASS_GAIN * self.class_offset[target])[:, :, None, None]
-        low_res = torch.sigmoid(self.head(grid))
+        logits = self.head(grid)
+        for fine_head, fine in zip(self.fine_heads, fines):
+            logits = F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False) + fine_head(fine)
+        low_res = torch.sigmoid(logits)
         mask = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return (mask, low_res) if return_low_res else mask
 

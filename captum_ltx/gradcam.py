@@ -10,7 +10,7 @@ from captum.attr import LayerGradCam
 from torch import Tensor, nn
 
 from ._base import MapAttribution
-from ._cnn import cnn_stages, resolve_layer
+from ._cnn import last_stage, resolve_layer
 from ._vit import num_prefix_tokens, token_grid
 
 
@@ -52,7 +52,8 @@ class GradCAM(MapAttribution):
 
     Args:
         forward_func (nn.Module): the classifier.
-        layer (str or nn.Module, optional): CNN default: the last feature stage (timm ``feature_info``).
+        layer (str or nn.Module, optional): CNN default: the last feature stage (timm ``feature_info``,
+            else the last module with a spatial output).
             ViT default: the last block's ``norm1``, read as a token grid, since the class-token pooling
             leaves the final block's patch tokens with no gradient.
         normalize (bool): min-max normalise each map.
@@ -79,7 +80,7 @@ class GradCAM(MapAttribution):
             name = self.layer if isinstance(self.layer, str) else f"blocks.{len(model.blocks) - 1}.norm1"
             with _token_grid_after(model, name, token_grid(model, tuple(x.shape[-2:]))) as grid:
                 return self._layer_gradcam(grid, x, target, args)
-        layer = self.layer if self.layer is not None else cnn_stages(model, x, args)[1]
+        layer = self.layer if self.layer is not None else last_stage(model, x, args)
         return self._layer_gradcam(resolve_layer(model, layer), x, target, args)
 
     def _layer_gradcam(self, layer: nn.Module, x: Tensor, target: Tensor, args: tuple[Any, ...]) -> Tensor:

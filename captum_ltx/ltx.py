@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 from typing import Any, Callable
@@ -28,6 +29,8 @@ from .metrics.perturbation import perturbation_auc
 from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
 
 DEFAULT_LR = 2e-3
+FRESH_HEAD_STEP = 1.0
+FRESH_BACKBONE_LR = 2e-3
 DEFAULT_FINETUNE_STEPS = 25
 
 SELECTIONS = ("loss", "last", "mean", "pos_auc")
@@ -37,8 +40,9 @@ FINETUNED_PARTS = ("all", "head")
 class LTXAttribution(Attribution):
     r"""LTX: an explainer network, pretrained once per model, then finetuned for a few steps per image.
 
-    The explainer predicts a mask m in [0, 1]; finetuning minimises
-    ``CE(f(x * m + b * (1 - m)), c) + mask_weight * mean(m)`` on the explained image alone, starting
+    The explainer predicts a mask m in [0, 1]; finetuning minimises the objective
+    (:class:`~captum_ltx.LTXObjective`; by default ``CE(f(x * m + b * (1 - m)), c) + mask_weight * mean(m)``)
+    on the explained image alone, starting
     from the same weights for every image, so instances in a batch are explained independently and a
     batch gives the maps its images would give one by one. ``finetune_steps=0`` is pLTX, one forward
     of the pretrained explainer. The explained model is run in eval mode and left as it was found; the
@@ -63,14 +67,21 @@ class LTXAttribution(Attribution):
             :meth:`Explainer.from_model`).
         finetune_steps (int, optional): gradient steps per image. Default: the checkpoint's
             ``config["finetuning"]``, else 25, as in the reference.
-        lr (float, optional): AdamW learning rate of finetuning. Default: the one recorded in the
-            explainer checkpoint (``config["finetuning"]``, chosen with it on validation data), else
-            2e-3, the reference's flag, which suits a fresh head. A pretrained explainer wants far less:
+        lr (float, optional): AdamW learning rate of the explainer's head in finetuning. Default: the
+            one recorded in the explainer checkpoint (``config["finetuning"]``, chosen with it on
+            validation data); for a fresh head (never pretrained) ``FRESH_HEAD_STEP / channels``, set
+            at the first call when the head is made; else 2e-3. A pretrained explainer wants far less:
             2e-3 wrecks a copied backbone within a few steps (the reference's effective rate is far lower).
+        backbone_lr (float, optional): learning rate of the explainer's backbone (``finetune="all"``).
+            Default: the checkpoint's record, else ``lr`` when an lr is given or recorded, else
+            ``FRESH_BACKBONE_LR`` (2e-3) under a fresh head.
         weight_decay (float): AdamW weight decay. Default 0.01 (torch's AdamW default).
-        mask_weight (float, optional): weight of the mean mask in the objective. Default: the
-            checkpoint's ``config["finetuning"]``, else ``DEFAULT_MASK_WEIGHT`` (3).
-        counterfactual (bool): add the complement-mask term (see :class:`~captum_ltx.LTXObjective`).
+        objective (LTXObjective or dict, optional): the finetuning objective (complement term, area
+            band, baseline, total variation; see :class:`~captum_ltx.LTXObjective`). Default: the
+            checkpoint's ``config["finetuning"]["objective"]``, else ``LTXObjective()``.
+        mask_weight (float, optional): overrides the objective's mask weight. Default: the
+            checkpoint's record, else ``DEFAULT_MASK_WEIGHT`` (3).
+        counterfactual (bool, optional): overrides the objective's reference complement term.
         normalization (tuple, optional): (mean, std) of the model's inputs. Default: the model's timm
             ``pretrained_cfg``, else the explainer checkpoint's, else none (inputs in pixel space).
         selection (str): ``"loss"``, ``"last"``, ``"mean"`` or ``"pos_auc"``.
@@ -95,7 +106,9 @@ class LTXAttribution(Attribution):
         lr: float | None = None,
         weight_decay: float = 0.01,
         mask_weight: float | None = None,
-        counterfactual: bool = False,
+        counterfactual: bool | None = None,
+        objective: LTXObjective | dict[str, Any] | None = None,
+        backbone_lr: float | None = None,
         normalization: Any = None,
         selection: str = "loss",
         finetune: str = "all",
@@ -105,7 +118,7 @@ class LTXAttribution(Attribution):
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        for name, value in (("lr", lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
+        for name, value in (("lr", lr), ("backbone_lr", backbone_lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         self.weight_decay = float(weight_decay)
@@ -127,12 +140,23 @@ class LTXAttribution(Attribution):
             raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or None, got {type(explainer).__name__}")
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
-        self.lr = float(lr if lr is not None else chosen.get("lr", DEFAULT_LR))
+        self._rates = (lr, backbone_lr)
+        self.lr: float | None = None
+        self.backbone_lr: float | None = None
+        if self.explainer is not None:
+            self._resolve_rates(self.explainer)
         self.finetune_steps = check_positive_int(
             finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
             "finetune_steps", allow_zero=True)
-        mask_weight = float(mask_weight if mask_weight is not None else chosen.get("mask_weight", DEFAULT_MASK_WEIGHT))
-        self.objective = LTXObjective(mask_weight=mask_weight, counterfactual=bool(counterfactual))
+        if objective is not None and not isinstance(objective, (LTXObjective, dict)):
+            raise TypeError(f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}")
+        recorded = dict(chosen.get("objective", {}))
+        if "mask_weight" in chosen:  # written before the objective was recorded whole
+            recorded.setdefault("mask_weight", chosen["mask_weight"])
+        if isinstance(objective, LTXObjective):
+            objective = objective.to_config()
+        base = {**recorded, **objective} if objective is not None else recorded
+        self.objective = LTXObjective.from_config(base, mask_weight=mask_weight, counterfactual=counterfactual)
 
         if normalization is not None:
             self.normalization = check_normalization(normalization)
@@ -189,6 +213,8 @@ class LTXAttribution(Attribution):
             targets = format_target(target, batch, num_classes, predicted).to(x.device)
             work = self._working_explainer(x, select_rows(args, slice(0, 1), batch))
             fill = format_baseline(baselines, x, black_in_input_space(self.normalization, x))
+            # baselines the caller gives replace the objective's own (blur, mix)
+            objective = self.objective if baselines is None else dataclasses.replace(self.objective, baseline="black")
             if steps == 0:
                 with torch.no_grad():
                     mask = work(x, *args, target=targets)
@@ -201,6 +227,7 @@ class LTXAttribution(Attribution):
                         fill[i : i + 1] if fill.dim() == 4 and fill.shape[0] == batch else fill,
                         select_rows(args, slice(i, i + 1), batch),
                         steps,
+                        objective,
                     )
                     for i in range(batch)
                 ])
@@ -216,6 +243,7 @@ class LTXAttribution(Attribution):
             if self.normalization is not None:
                 options.setdefault("normalization", self.normalization)
             self.explainer = Explainer.from_model(self.forward_func, **options)
+            self._resolve_rates(self.explainer)
         if self._work is None:
             self._work = copy.deepcopy(self.explainer)
         self._work.to(x.device)
@@ -223,19 +251,41 @@ class LTXAttribution(Attribution):
         self._work.eval()
         return self._work
 
-    def _finetune(self, work: Explainer, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...], steps: int) -> Tensor:
+    def _resolve_rates(self, explainer: Explainer) -> None:
+        """Learning rates: explicit arguments, else the checkpoint's record, else the defaults.
+
+        A fresh head (never pretrained) gets ``FRESH_HEAD_STEP / channels``: Adam moves each weight
+        by about the lr per step, so the mask logit moves by about lr x channels; this keeps that
+        step the same on a 16-channel CNN and a 1280-channel EfficientNet. Its backbone, already the
+        model's own features, moves at ``FRESH_BACKBONE_LR``. An lr given (or recorded) without a
+        backbone lr is used for both, as before the backbone had its own rate.
+        """
+        lr, backbone_lr = self._rates
+        chosen = explainer.config.get("finetuning", {})
+        fresh = not explainer.config.get("training") and explainer.config.get("mask_prior") is not None
+        default = FRESH_HEAD_STEP / explainer.config["features"]["channels"] if fresh else DEFAULT_LR
+        self.lr = float(lr if lr is not None else chosen.get("lr", default))
+        default_backbone = FRESH_BACKBONE_LR if fresh and lr is None and "lr" not in chosen else self.lr
+        self.backbone_lr = float(backbone_lr if backbone_lr is not None else chosen.get("backbone_lr", default_backbone))
+
+    def _finetune(
+        self, work: Explainer, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...], steps: int, objective: LTXObjective
+    ) -> Tensor:
         work.load_state_dict(self.explainer.state_dict())
-        module = work if self.finetune == "all" else work.head
-        params = [p for p in module.parameters()]
+        head = [p for n, p in work.named_parameters() if not n.startswith("backbone.")]
+        groups: list[dict[str, Any]] = [{"params": head, "lr": self.lr}]
+        if self.finetune == "all":
+            groups.append({"params": list(work.backbone.parameters()), "lr": self.backbone_lr})
+        params = [p for g in groups for p in g["params"]]
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         best_mask, best_score = None, math.inf
         mask_sum = 0.0
         with torch.enable_grad():
             for step in range(steps + 1):
                 mask, low_res = work(x, *args, target=target, return_low_res=True)
-                loss = self.objective(self.forward_func, x, mask, low_res, target, fill, args).sum()
+                loss = objective(self.forward_func, x, mask, low_res, target, fill, args).sum()
                 if self.selection == "mean":
                     mask_sum = mask_sum + mask.detach()
                 score = self._selection_score(step, loss, mask, x, target, fill, args)

@@ -16,7 +16,7 @@ from ._model import black_in_input_space, check_normalization, eval_mode, normal
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
+from .objective import LTXObjective
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -118,8 +118,9 @@ def pretrain(
     lr: float = 2e-4,
     weight_decay: float = 0.01,
     warmup: float = 0.2,
-    mask_weight: float = DEFAULT_MASK_WEIGHT,
-    counterfactual: bool = False,
+    mask_weight: float | None = None,
+    counterfactual: bool | None = None,
+    objective: LTXObjective | None = None,
     target: str = "label",
     explainer: Explainer | None = None,
     explainer_options: dict[str, Any] | None = None,
@@ -152,7 +153,9 @@ def pretrain(
             ``lr`` defaults to 2e-4, the most the reference's schedule ever reaches (its 2e-3 flag
             never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
             one mask for every image (benchmarks/results/lite0-tuning.md).
-        mask_weight, counterfactual: the objective (see :class:`~captum_ltx.LTXObjective`).
+        objective (LTXObjective, optional): what each step minimises (default: ``LTXObjective()``);
+            ``mask_weight`` and ``counterfactual`` override its fields. With ``baseline="mix"`` each
+            image draws black or blur, seeded by ``seed``, the epoch and the step.
         target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints),
             ``"predicted"`` (the model's top class) or ``"sampled"`` (a class drawn from the model's
             softmax, so that a class-conditioned explainer also learns the masks of runners-up,
@@ -195,12 +198,19 @@ def pretrain(
             options.setdefault("normalization", norm)
         explainer = Explainer.from_model(model, **options)
     explainer.to(device)
+    if objective is not None and not isinstance(objective, LTXObjective):
+        raise TypeError(f"`objective` must be an LTXObjective or None, got {type(objective).__name__}")
+    objective = LTXObjective.from_config(
+        objective.to_config() if objective is not None else {}, mask_weight=mask_weight, counterfactual=counterfactual
+    )
     settings = dict(
         epochs=epochs, batch_size=batch_size * world, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        mask_weight=mask_weight, counterfactual=counterfactual, target=target, seed=seed,
+        mask_weight=objective.mask_weight, counterfactual=objective.counterfactual, target=target, seed=seed,
         train_size=len(train_set), val_size=len(val_set) if val_set is not None else 0,
     )
-    objective = LTXObjective(mask_weight=mask_weight, counterfactual=counterfactual)
+    extra = {k: v for k, v in objective.to_config().items() if v != LTXObjective().to_config()[k] and k not in settings}
+    if extra:  # recorded only when set, so that runs from before these settings resume
+        settings["objective"] = extra
     params = [p for p in explainer.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if world > 1 else None
@@ -244,9 +254,10 @@ def pretrain(
             for i, batch in enumerate(bar):
                 x, labels = _split_batch(batch)
                 x = x.to(device)
-                t = _targets(model, x, labels, target, draw=((seed * 1009 + rank) * 1009 + epoch) * 100_003 + i)
+                draw = ((seed * 1009 + rank) * 1009 + epoch) * 100_003 + i
+                t = _targets(model, x, labels, target, draw=draw)
                 mask, low_res = explainer(x, target=t, return_low_res=True)
-                loss = objective(model, x, mask, low_res, t, fill).mean()
+                loss = objective(model, x, mask, low_res, t, fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
                 # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, g in zip(params, grads):

@@ -4,8 +4,10 @@ import os
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 
-from captum_ltx import LTX, Explainer
+from captum_ltx import LTX, Explainer, LTXObjective
+from captum_ltx.ltx import FRESH_BACKBONE_LR, FRESH_HEAD_STEP
 from conftest import IMAGE, plain_cnn, tiny_cnn, tiny_vit
 
 
@@ -131,8 +133,15 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
     assert recorded.lr == 3e-5 and recorded.objective.mask_weight == 10.0 and recorded.finetune_steps == 50
     explicit = LTX(model, str(tmp_path / "e"), lr=1e-3, mask_weight=2.0, finetune_steps=0)
     assert explicit.lr == 1e-3 and explicit.objective.mask_weight == 2.0 and explicit.finetune_steps == 0
+    assert recorded.backbone_lr == 3e-5  # a recorded lr without a backbone lr is used for both
     fresh = LTX(model)
-    assert fresh.lr == 2e-3 and fresh.objective.mask_weight == 3.0 and fresh.finetune_steps == 25
+    assert fresh.objective.mask_weight == 3.0 and fresh.finetune_steps == 25
+    fresh.attribute(torch.randn(1, 3, 32, 32), target=0, finetune_steps=0)  # the head is made at the first call
+    channels = fresh.explainer.config["features"]["channels"]
+    assert fresh.lr == FRESH_HEAD_STEP / channels and fresh.backbone_lr == FRESH_BACKBONE_LR
+    explainer.config["finetuning"] = {"lr": 3e-5, "mask_weight": 10.0, "objective": {"mask_weight": 1.0, "complement_weight": 2.0}}
+    explainer.save(tmp_path / "objective")
+    assert LTX(model, str(tmp_path / "objective")).objective == LTXObjective(mask_weight=1.0, complement_weight=2.0)
     explainer.config["finetuning"] = {"finetune_steps": -1}
     explainer.save(tmp_path / "bad")
     with pytest.raises(ValueError, match="`finetune_steps` must be an int >= 0, got -1"):
@@ -159,3 +168,74 @@ def test_shipped_fashion_models_and_their_explainers_load(name):
     x = torch.randn(1, 3, 64, 64)
     attr = ltx.attribute(x, target=3, finetune_steps=2)
     assert attr.shape == x.shape and 0 <= float(attr.min()) <= float(attr.max()) <= 1
+
+
+class Loud(torch.nn.Module):
+    """A CNN whose features are in the hundreds, as raw ReLU features of an unnormalised model can be."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(8, 2)
+        torch.nn.init.constant_(self.features[0].weight, 20.0)
+
+    def forward(self, x):
+        return self.fc(self.features(x).amax(dim=(2, 3)))
+
+
+def test_a_fresh_head_starts_at_its_prior_whatever_the_feature_scale():
+    model = Loud().eval()
+    x = torch.rand(2, 3, 16, 16)
+    assert model.features(x).abs().max() > 100
+    for prior in (0.5, 0.8):
+        explainer = Explainer.from_model(model, input_size=(3, 16, 16), mask_prior=prior)
+        with torch.no_grad():
+            mask = explainer(x)
+        # near-zero weights on normalised features: every location starts near the prior, unsaturated
+        assert (mask - prior).abs().max() < 0.1
+    raw = Explainer.from_model(model, input_size=(3, 16, 16), feature_norm=None, mask_prior=None)
+    with torch.no_grad():
+        saturated = raw(x)
+    assert ((saturated < 0.01) | (saturated > 0.99)).float().mean() > 0.5  # what the reference head does here
+    image_norm = Explainer.from_model(model, input_size=(3, 16, 16), feature_norm="image")
+    assert isinstance(image_norm.norm, torch.nn.GroupNorm) and image_norm.config["feature_norm"] == "image"
+    with pytest.raises(ValueError, match="`feature_norm`"):
+        Explainer.from_model(model, input_size=(3, 16, 16), feature_norm="batch")
+    with pytest.raises(ValueError, match="`mask_prior`"):
+        Explainer.from_model(model, input_size=(3, 16, 16), mask_prior=1.0)
+
+
+def test_checkpoints_without_the_new_head_settings_keep_the_reference_head(tmp_path, images):
+    model = tiny_cnn()
+    explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), feature_norm=None, mask_prior=None)
+    assert "feature_norm" not in explainer.config and "mask_prior" not in explainer.config  # as old configs
+    explainer.save(tmp_path / "old")
+    loaded = Explainer.load(tmp_path / "old", model)
+    assert isinstance(loaded.norm, torch.nn.Identity) and len(loaded.fine_heads) == 0
+    assert {k.split(".")[0] for k in loaded.state_dict()} == {"backbone", "head"}
+    with torch.no_grad():
+        features = loaded.backbone.forward_features(images)
+        expected = F.interpolate(torch.sigmoid(loaded.head(features)), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(loaded(images), expected)
+
+
+def test_multi_stride_head_gives_a_finer_mask_and_round_trips(tmp_path, images):
+    model = tiny_cnn()
+    coarse = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE))
+    fine = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), multi_stride=True)
+    (stage,) = fine.config["features"]["fine"]
+    assert stage["layer"] == "layer1" and stage["size"] == [8, 8] and coarse.config["mask_size"] == [4, 4]
+    assert fine.config["mask_size"] == [8, 8]
+    mask, low_res = fine(images, return_low_res=True)
+    assert mask.shape == (3, 1, IMAGE, IMAGE) and low_res.shape == (3, 1, 8, 8)
+    fine.save(tmp_path / "fine")
+    with torch.no_grad():
+        torch.testing.assert_close(Explainer.load(tmp_path / "fine", model)(images), fine(images))
+    attr = LTX(model, fine, finetune_steps=2).attribute(images, target=1)
+    assert attr.shape == images.shape
+    named = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), fine_layers=["layer2", "layer1"])
+    assert [f["layer"] for f in named.config["features"]["fine"]] == ["layer2", "layer1"]
+    with pytest.raises(ValueError, match="`fine_layers`.*at least as fine"):
+        Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), fine_layers=["layer1", "layer2"])
+    with pytest.raises(ValueError, match="`multi_stride`: the backbone has no feature map finer"):
+        Explainer.from_model(plain_cnn(), input_size=(3, IMAGE, IMAGE), feature_layer="features.1", multi_stride=True)

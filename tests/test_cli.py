@@ -39,6 +39,10 @@ def test_bad_arguments_are_named():
         main(["explain", "no-such-file.jpg"])
     with pytest.raises(SystemExit, match="`--options` must be JSON"):
         main(["benchmark", "--track", "imagenet-photos", "--out", "x", "--options", "{"])
+    with pytest.raises(SystemExit, match="`--objective`: `area` must satisfy"):
+        main(["pretrain", "--out", "x", "--objective", '{"area": [0.5, 0.1]}'])
+    with pytest.raises(SystemExit, match="`--finetune-objective`: unknown objective settings"):
+        main(["pretrain", "--out", "x", "--finetune-objective", '{"complement": 1}'])
     with pytest.raises(SystemExit, match="`--finetune-steps` must be an int >= 0, got -2"):
         main(["pretrain", "--out", "x", "--finetune-steps", "-2"])
     with pytest.raises(SystemExit):

@@ -195,3 +195,45 @@ def test_to_map_conventions():
     torch.testing.assert_close(to_map(attr), torch.tensor([[[4.0, 2.5]]]))
     with pytest.raises(ValueError, match="attributions"):
         to_map(torch.zeros(2, 2))
+
+
+def test_stage_discovery_on_models_without_feature_info():
+    import torchvision
+
+    from captum_ltx._cnn import cnn_stages, last_stage
+
+    x = torch.randn(1, 3, 64, 64)
+    # torchvision ResNets downsample inside layer4's first block, whose shortcut also reads layer3
+    for build in (torchvision.models.resnet18, torchvision.models.resnet50):
+        model = build(weights=None).eval()
+        assert cnn_stages(model, x) == ("layer3", "layer4") and last_stage(model, x) == "layer4"
+    model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
+    for name in ("gradcam", "iia", "dix"):
+        assert methods.create(name, model, **FAST.get(name, {})).attribute(x, target=1).shape == x.shape
+    # a model that never downsamples: the last spatial layer, and the latest layer before it that separates it
+    flat = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3),
+    ).eval()
+    assert cnn_stages(flat, x[:, :, :16, :16]) == ("2", "3") and last_stage(flat, x) == "3"
+    for name in ("gradcam", "iia", "iia3", "dix"):
+        assert methods.create(name, flat, **FAST.get(name, {})).attribute(x[:, :, :16, :16], target=1).shape == (1, 3, 16, 16)
+
+
+def test_stage_discovery_says_what_to_pass_when_nothing_separates():
+    from captum_ltx._cnn import cnn_stages
+
+    class SkipToInput(torch.nn.Module):
+        """Every layer's output is added to the input again before the classifier: none separates it."""
+
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.b = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.fc((self.b(self.a(x)) + x).mean(dim=(2, 3)))
+
+    with pytest.raises(ValueError, match="pass `layers`"):
+        cnn_stages(SkipToInput().eval(), torch.randn(1, 3, 16, 16))

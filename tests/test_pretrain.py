@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from captum_ltx import LTX, Explainer, pretrain
+from captum_ltx import LTX, Explainer, LTXObjective, pretrain
 from conftest import IMAGE, assert_unchanged, snapshot, tiny_cnn, tiny_vit
 
 SETTINGS = dict(epochs=3, batch_size=4, lr=5e-3, seed=0, progress=False)
@@ -112,3 +112,22 @@ def test_class_conditioned_explainer_learns_a_mask_per_class(tmp_path):
     assert not torch.allclose(maps[0], maps[1])
     with pytest.raises(ValueError, match="`num_classes` must be a positive int"):
         Explainer.from_model(model, num_classes=0)
+
+
+def test_the_pretraining_objective_is_recorded_and_resumed(tmp_path):
+    model = tiny_cnn()
+    objective = LTXObjective(complement_weight=1.0, baseline="mix", tv_weight=0.1)
+    settings = dict(SETTINGS, epochs=2, objective=objective)
+    straight = pretrain(model, data(), **settings)
+    assert straight.config["training"]["objective"] == {"complement_weight": 1.0, "baseline": "mix", "tv_weight": 0.1}
+    assert straight.config["training"]["mask_weight"] == 3.0
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(model, Interrupting(data(), limit=12 + 6), checkpoint_dir=tmp_path, **settings)
+    resumed = pretrain(model, data(), checkpoint_dir=tmp_path, **settings)  # the same black / blur draws
+    for k, v in straight.state_dict().items():
+        torch.testing.assert_close(v, resumed.state_dict()[k], msg=k)
+    plain = pretrain(model, data(), **dict(SETTINGS, epochs=2))
+    assert "objective" not in plain.config["training"]
+    assert not torch.allclose(plain.head.weight, straight.head.weight)
+    with pytest.raises(ValueError, match="other settings"):
+        pretrain(model, data(), checkpoint_dir=tmp_path, **dict(settings, objective=LTXObjective()))
