@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Callable
 
 import torch
@@ -35,7 +36,7 @@ def spatial_outputs(
 
 def last_stage(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> str:
     """Name of the last feature stage: timm's ``feature_info``, else the last module with a spatial output."""
-    info = _stage_info(model)
+    info = stage_names(model)
     if info:
         return info[-1]
     order = spatial_outputs(model, x[:1], _first_rows(args, x))
@@ -53,7 +54,7 @@ def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple
     not a layer inside ``layer4``'s first block); a model that never downsamples gets the latest
     such module before the last stage.
     """
-    info = _stage_info(model)
+    info = stage_names(model)
     if info and len(info) >= 2:
         return info[-2], info[-1]
     small_args = _first_rows(args, x)
@@ -61,9 +62,7 @@ def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple
     if not order:
         raise ValueError("the model has no layer with a spatial (B, C, h, w) output; pass `layers` explicitly")
     last, last_area = order[-1]
-    calls: dict[str, int] = {}
-    for name, _ in order:
-        calls[name] = calls.get(name, 0) + 1
+    calls = Counter(name for name, _ in order)
     # a module run more than once (a shared ReLU) cannot stand for one representation
     candidates = [(name, area) for name, area in order[:-1] if calls[name] == 1 and name != last]
     coarser = [name for name, area in candidates if area > last_area]
@@ -78,7 +77,8 @@ def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple
     )
 
 
-def _stage_info(model: nn.Module) -> list[str]:
+def stage_names(model: nn.Module) -> list[str]:
+    """The modules timm's ``feature_info`` names as the model's feature stages, or none."""
     info = getattr(model, "feature_info", None)
     if isinstance(info, (list, tuple)) and all(isinstance(f, dict) and "module" in f for f in info):
         return [f["module"] for f in info]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._cnn import spatial_outputs
+from ._cnn import spatial_outputs, stage_names
 from ._model import architecture_fingerprint, check_normalization, layout_fingerprint, normalization_of
 from ._validation import format_target
 
@@ -117,8 +117,7 @@ def _fine_features(
     finer than the head's grid (timm's ``feature_info``, else any module's output)."""
     outputs = spatial_outputs(net, probe, args, forward=net.forward_features if features["access"] == "forward_features" else None)
     if names is None:
-        info = getattr(net, "feature_info", None)
-        stages = {f["module"] for f in info if isinstance(f, dict) and "module" in f} if isinstance(info, (list, tuple)) else set()
+        stages = set(stage_names(net))
         finer = [n for n, area in outputs if area > size[0] * size[1] and (not stages or n in stages)]
         if not finer:
             raise ValueError(

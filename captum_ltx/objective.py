@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics.perturbation import gaussian_blur
+
 DEFAULT_MASK_WEIGHT = 3.0
 BASELINES = ("black", "blur", "mix")
 # the blur baseline's Gaussian sigma, as a fraction of the image's longer side (11 px at 224)
@@ -27,17 +29,10 @@ def masked_input(x: Tensor, mask: Tensor, baseline: Tensor) -> Tensor:
 
 
 def blurred(x: Tensor, sigma: float | None = None) -> Tensor:
-    """``x`` under a separable Gaussian blur (replicated borders). Blur is linear and keeps constants,
-    so blurring normalised inputs equals normalising blurred pixels."""
+    """``x`` under a Gaussian blur with replicated borders (3 sigma each side). Blur is linear and
+    keeps constants, so blurring normalised inputs equals normalising blurred pixels."""
     sigma = BLUR_SIGMA * max(x.shape[-2:]) if sigma is None else sigma
-    radius = max(1, math.ceil(3 * sigma))
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
-    kernel = (kernel / kernel.sum()).view(1, 1, 1, -1).repeat(x.shape[1], 1, 1, 1)
-    out = F.pad(x, (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(out, kernel, groups=x.shape[1])
-    out = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(out, kernel.transpose(-1, -2), groups=x.shape[1])
+    return gaussian_blur(x, 2 * max(1, math.ceil(3 * sigma)) + 1, sigma, padding="replicate")
 
 
 def complement_loss(logits: Tensor, target: Tensor) -> Tensor:

@@ -157,13 +157,18 @@ def perturbation_auc(
     return (auc, curves) if return_curves else auc
 
 
-def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0) -> Tensor:
-    """Separable Gaussian blur with zero padding, as RISE makes its insertion canvas (11 px, sigma 5)."""
+def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0, padding: str = "zeros") -> Tensor:
+    """Separable Gaussian blur, as RISE makes its insertion canvas (11 px, sigma 5). ``padding``:
+    ``"zeros"`` (RISE's) or ``"replicate"`` (borders keep their colour instead of fading to 0)."""
     radius = kernel_size // 2
     t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - radius
     kernel = torch.exp(-(t**2) / (2 * sigma**2))
     kernel = kernel / kernel.sum()
+    check_choice(padding, "padding", ("zeros", "replicate"))
     c = x.shape[1]
+    if padding == "replicate":
+        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 

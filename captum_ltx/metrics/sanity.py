@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._base import model_family
-from .._cnn import cnn_stages, resolve_layer
+from .._cnn import last_stage, resolve_layer
 from .._maps import to_map
 
 
@@ -34,7 +34,7 @@ def top_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     if model_family(model) == "vit":
         return [head, model.blocks[-1]]
-    return [head, resolve_layer(model, cnn_stages(model, example)[1])]
+    return [head, resolve_layer(model, last_stage(model, example))]
 
 
 def randomized_copy(model: nn.Module, example: Tensor, seed: int = 0) -> nn.Module:
