@@ -174,3 +174,13 @@ def test_plain_function_needs_an_explainer(images):
     attr = LTX(lambda x: model(x), ltx.explainer, finetune_steps=1).attribute(images[:1], target=0)
     assert attr.shape == images[:1].shape
     assert NUM_CLASSES == model(images[:1]).shape[1]
+
+
+def test_every_objective_setting_and_the_multi_stride_head_leave_the_model_unchanged(images):
+    model = tiny_cnn()
+    before = snapshot(model)
+    objective = {"complement_weight": 1.0, "area": [0.1, 0.4], "tv_weight": 0.5, "baseline": "mix"}
+    ltx = LTX(model, finetune_steps=STEPS, objective=objective, explainer_options={"multi_stride": True})
+    attr = ltx.attribute(images[:2], target=1)
+    assert_unchanged(before, model)
+    assert attr.shape == images[:2].shape and 0 <= attr.min() <= attr.max() <= 1
