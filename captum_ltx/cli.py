@@ -59,11 +59,12 @@ def _method_options(text: str, argument: str) -> dict[str, dict[str, Any]]:
     return options
 
 
-def _objective(text: str, argument: str, **overrides: Any) -> Any:
+def _objective(text: str, argument: str, base: dict[str, Any] | None = None, **overrides: Any) -> Any:
+    """The LTXObjective of ``base`` (a recorded objective) with the JSON settings ``text`` over it."""
     from .objective import LTXObjective
 
     try:
-        return LTXObjective.from_config(_json_object(text, argument), **overrides)
+        return LTXObjective.from_config({**(base or {}), **_json_object(text, argument)}, **overrides)
     except (TypeError, ValueError) as e:
         raise SystemExit(f"`{argument}`: {e}") from None
 
@@ -108,12 +109,13 @@ def explain(args: argparse.Namespace) -> None:
 
 def pretrain(args: argparse.Namespace) -> None:
     from .datasets import ImagesAndLabels, create_dataset
+    from .objective import DEFAULT_PRETRAINING_OBJECTIVE
     from .pretrain import pretrain as run_pretraining
 
     if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
         raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
-    objective = _objective(args.objective, "--objective", mask_weight=args.mask_weight)
-    finetune_objective = _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)
+    objective = _objective(args.objective, "--objective", DEFAULT_PRETRAINING_OBJECTIVE.to_config(), mask_weight=args.mask_weight)
+    _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)  # refused before pretraining
     torch.manual_seed(args.seed)
     model = _model(args)
     train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed))
@@ -125,10 +127,12 @@ def pretrain(args: argparse.Namespace) -> None:
     )
     finetuning: dict[str, Any] = {k: v for k, v in (("lr", args.finetune_lr), ("backbone_lr", args.finetune_backbone_lr),
                                                     ("finetune_steps", args.finetune_steps)) if v is not None}
-    if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:
-        finetuning["objective"] = finetune_objective.to_config()
-    if finetuning:  # LTX(model, checkpoint) uses these unless told otherwise
-        explainer.config["finetuning"] = finetuning
+    recorded = explainer.config.setdefault("finetuning", {})  # LTX(model, checkpoint) uses these unless told otherwise
+    recorded.update(finetuning)
+    if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:  # over pretrain()'s default
+        recorded["objective"] = _objective(
+            args.finetune_objective, "--finetune-objective", recorded.get("objective"), mask_weight=args.finetune_mask_weight
+        ).to_config()
     explainer.save(args.out)
     print(f"wrote {args.out}")
 
@@ -176,8 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--mask-weight", type=float, default=None, help="the objective's mask weight (default 3)")
     p.add_argument("--objective", default="{}",
-                   help='JSON: LTXObjective settings of pretraining, e.g. {"complement_weight": 1, "baseline": "mix"}')
-    p.add_argument("--finetune-objective", default="{}", help="JSON: LTXObjective settings recorded for finetuning")
+                   help='JSON: LTXObjective settings of pretraining over the default (black/blur mix baseline), e.g. {"complement_weight": 1}; {"baseline": "black"} is the reference')
+    p.add_argument("--finetune-objective", default="{}", help="JSON: LTXObjective settings recorded for finetuning, over the default (captum_ltx.objective.DEFAULT_FINETUNING_OBJECTIVE at the pretraining mask weight)")
     p.add_argument("--finetune-backbone-lr", type=float, default=None, help="finetuning lr of the explainer's backbone recorded in the checkpoint")
     p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
     p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")

@@ -26,7 +26,7 @@ from ._validation import (
 )
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import DEFAULT_MASK_WEIGHT, LTXObjective
+from .objective import DEFAULT_FINETUNING_OBJECTIVE, DEFAULT_MASK_WEIGHT, LTXObjective, blurred
 
 DEFAULT_LR = 2e-3
 FRESH_HEAD_STEP = 1.0
@@ -78,7 +78,10 @@ class LTXAttribution(Attribution):
         weight_decay (float): AdamW weight decay. Default 0.01 (torch's AdamW default).
         objective (LTXObjective or dict, optional): the finetuning objective (complement term, area
             band, baseline, total variation; see :class:`~captum_ltx.LTXObjective`). Default: the
-            checkpoint's ``config["finetuning"]["objective"]``, else ``LTXObjective()``.
+            checkpoint's ``config["finetuning"]["objective"]``; for a fresh head (and checkpoints that
+            record no objective but were never pretrained) ``DEFAULT_FINETUNING_OBJECTIVE``, chosen on
+            validation data; for a checkpoint pretrained before objectives were recorded, the
+            reference's ``LTXObjective()`` it was made with.
         mask_weight (float, optional): overrides the objective's mask weight. Default: the
             checkpoint's record, else ``DEFAULT_MASK_WEIGHT`` (3).
         counterfactual (bool, optional): overrides the objective's reference complement term.
@@ -150,9 +153,14 @@ class LTXAttribution(Attribution):
             "finetune_steps", allow_zero=True)
         if objective is not None and not isinstance(objective, (LTXObjective, dict)):
             raise TypeError(f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}")
-        recorded = dict(chosen.get("objective", {}))
-        if "mask_weight" in chosen:  # written before the objective was recorded whole
-            recorded.setdefault("mask_weight", chosen["mask_weight"])
+        # "mask_weight" alone was written before the objective was recorded whole
+        legacy = {"mask_weight": chosen["mask_weight"]} if "mask_weight" in chosen else {}
+        if "objective" in chosen:
+            recorded = {**legacy, **chosen["objective"]}
+        elif self.explainer is not None and self.explainer.config.get("training"):
+            recorded = legacy  # pretrained before objectives were recorded: the reference's, as it was made with
+        else:  # a fresh head
+            recorded = {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), **legacy}
         if isinstance(objective, LTXObjective):
             objective = objective.to_config()
         base = {**recorded, **objective} if objective is not None else recorded
@@ -282,10 +290,11 @@ class LTXAttribution(Attribution):
         optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
         best_mask, best_score = None, math.inf
         mask_sum = 0.0
+        blur = blurred(x) if objective.baseline in ("blur", "mix") else None
         with torch.enable_grad():
             for step in range(steps + 1):
                 mask, low_res = work(x, *args, target=target, return_low_res=True)
-                loss = objective(self.forward_func, x, mask, low_res, target, fill, args).sum()
+                loss = objective(self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur).sum()
                 if self.selection == "mean":
                     mask_sum = mask_sum + mask.detach()
                 score = self._selection_score(step, loss, mask, x, target, fill, args)

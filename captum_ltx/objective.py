@@ -148,19 +148,23 @@ class LTXObjective:
         baseline: Tensor,
         additional_forward_args: tuple[Any, ...] = (),
         generator: torch.Generator | None = None,
+        blurred_input: Tensor | None = None,
     ) -> Tensor:
+        """``blurred_input``: ``blurred(x)`` when the caller already has it (finetuning calls the
+        objective on the same image at every step)."""
         fill = baseline.expand_as(x) if baseline.dim() > 0 else baseline
+        if self.baseline in ("blur", "mix"):
+            blur = (blurred(x) if blurred_input is None else blurred_input).detach()
         if self.baseline == "blur" or (self.baseline == "mix" and generator is not None):
-            blur = blurred(x).detach()
             if self.baseline == "blur":
                 fill = blur
             else:
                 pick = torch.rand(x.shape[0], generator=generator).to(x.device).view(-1, 1, 1, 1) < 0.5
                 fill = torch.where(pick, blur, baseline.expand_as(x))
         elif self.baseline == "mix":
-            black = self._removal_terms(forward_func, x, mask, target, baseline.expand_as(x), additional_forward_args)
-            blur = self._removal_terms(forward_func, x, mask, target, blurred(x).detach(), additional_forward_args)
-            return (black + blur) / 2 + self._mask_terms(low_res_mask)
+            on_black = self._removal_terms(forward_func, x, mask, target, baseline.expand_as(x), additional_forward_args)
+            on_blur = self._removal_terms(forward_func, x, mask, target, blur, additional_forward_args)
+            return (on_black + on_blur) / 2 + self._mask_terms(low_res_mask)
         return self._removal_terms(forward_func, x, mask, target, fill, additional_forward_args) + self._mask_terms(low_res_mask)
 
     def _removal_terms(
@@ -183,3 +187,14 @@ class LTXObjective:
         if self.tv_weight > 0:
             loss = loss + self.tv_weight * total_variation(low_res_mask)
         return loss
+
+
+# What finetuning minimises unless a checkpoint records otherwise: the reference objective with a
+# black/blur baseline mixture and a total-variation term, chosen on the validation ablation of
+# issue 19 (benchmarks/RESULTS.md, "Issue 19"). Checkpoints record their own, so changing this never
+# changes an existing checkpoint's explanations.
+DEFAULT_FINETUNING_OBJECTIVE = LTXObjective(baseline="mix", tv_weight=0.5)
+# What pretraining minimises unless told otherwise: the reference objective with the black/blur
+# mixture, drawn per image (the same ablation: equal or better on all three models).
+DEFAULT_PRETRAINING_OBJECTIVE = LTXObjective(baseline="mix")
+

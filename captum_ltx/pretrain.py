@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -16,7 +17,7 @@ from ._model import black_in_input_space, check_normalization, eval_mode, normal
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import LTXObjective
+from .objective import DEFAULT_FINETUNING_OBJECTIVE, DEFAULT_PRETRAINING_OBJECTIVE, LTXObjective
 
 STATE_NAME = "state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -153,7 +154,9 @@ def pretrain(
             ``lr`` defaults to 2e-4, the most the reference's schedule ever reaches (its 2e-3 flag
             never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
             one mask for every image (benchmarks/results/lite0-tuning.md).
-        objective (LTXObjective, optional): what each step minimises (default: ``LTXObjective()``);
+        objective (LTXObjective, optional): what each step minimises (default:
+            ``DEFAULT_PRETRAINING_OBJECTIVE``, the reference's with a black/blur baseline mixture;
+            ``LTXObjective()`` is the reference's own);
             ``mask_weight`` and ``counterfactual`` override its fields. With ``baseline="mix"`` each
             image draws black or blur, seeded by ``seed``, the epoch and the step.
         target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints),
@@ -167,7 +170,10 @@ def pretrain(
         seed (int): seeds the shuffling and the head's initialisation.
 
     Returns:
-        The :class:`~captum_ltx.Explainer` of the best epoch, with its settings in ``config["training"]``.
+        The :class:`~captum_ltx.Explainer` of the best epoch, with its settings in ``config["training"]``
+        and, unless it already had one, the finetuning objective LTX will use in
+        ``config["finetuning"]["objective"]``: ``DEFAULT_FINETUNING_OBJECTIVE`` at the pretraining's
+        mask weight.
 
     Example::
 
@@ -201,7 +207,7 @@ def pretrain(
     if objective is not None and not isinstance(objective, LTXObjective):
         raise TypeError(f"`objective` must be an LTXObjective or None, got {type(objective).__name__}")
     objective = LTXObjective.from_config(
-        objective.to_config() if objective is not None else {}, mask_weight=mask_weight, counterfactual=counterfactual
+        (objective if objective is not None else DEFAULT_PRETRAINING_OBJECTIVE).to_config(), mask_weight=mask_weight, counterfactual=counterfactual
     )
     settings = dict(
         epochs=epochs, batch_size=batch_size * world, lr=lr, weight_decay=weight_decay, warmup=warmup,
@@ -293,6 +299,10 @@ def pretrain(
 
     explainer.load_state_dict(best_state)
     explainer.config["training"] = dict(settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
+    # LTX finetunes this checkpoint with the library's default objective at the pretraining's mask weight
+    explainer.config.setdefault("finetuning", {}).setdefault(
+        "objective", dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight).to_config()
+    )
     return explainer.cpu().eval()
 
 

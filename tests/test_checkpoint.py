@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from captum_ltx import LTX, Explainer, LTXObjective
 from captum_ltx.ltx import FRESH_BACKBONE_LR, FRESH_HEAD_STEP
+from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
 from conftest import IMAGE, plain_cnn, tiny_cnn, tiny_vit
 
 
@@ -131,11 +133,19 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
     explainer.save(tmp_path / "e")
     recorded = LTX(model, str(tmp_path / "e"))
     assert recorded.lr == 3e-5 and recorded.objective.mask_weight == 10.0 and recorded.finetune_steps == 50
+    # never pretrained, no objective recorded: the library's default objective at the recorded weight
+    assert recorded.objective == dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0)
     explicit = LTX(model, str(tmp_path / "e"), lr=1e-3, mask_weight=2.0, finetune_steps=0)
     assert explicit.lr == 1e-3 and explicit.objective.mask_weight == 2.0 and explicit.finetune_steps == 0
     assert recorded.backbone_lr == 3e-5  # a recorded lr without a backbone lr is used for both
     fresh = LTX(model)
-    assert fresh.objective.mask_weight == 3.0 and fresh.finetune_steps == 25
+    assert fresh.objective == DEFAULT_FINETUNING_OBJECTIVE and fresh.finetune_steps == 25
+    assert DEFAULT_FINETUNING_OBJECTIVE != LTXObjective() and DEFAULT_FINETUNING_OBJECTIVE.mask_weight == 3.0
+    # pretrained before objectives were recorded: the reference objective it was made with, unchanged
+    explainer.config["training"] = {"mask_weight": 10.0, "lr": 2e-4}
+    explainer.save(tmp_path / "old")
+    assert LTX(model, str(tmp_path / "old")).objective == LTXObjective(mask_weight=10.0)
+    del explainer.config["training"]
     fresh.attribute(torch.randn(1, 3, 32, 32), target=0, finetune_steps=0)  # the head is made at the first call
     channels = fresh.explainer.config["features"]["channels"]
     assert fresh.lr == FRESH_HEAD_STEP / channels and fresh.backbone_lr == FRESH_BACKBONE_LR

@@ -47,3 +47,29 @@ def test_bad_arguments_are_named():
         main(["pretrain", "--out", "x", "--finetune-steps", "-2"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["benchmark"])  # --track and --out are required
+
+
+def test_pretrain_records_the_finetuning_objective_over_the_default(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    from captum_ltx import cli, datasets
+    from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
+    from conftest import IMAGE, tiny_cnn
+
+    def noise(model, split, length, seed):
+        g = torch.Generator().manual_seed(seed + (split == "val"))
+        return [(torch.randn(3, IMAGE, IMAGE, generator=g), 0, None) for _ in range(length)]
+
+    monkeypatch.setattr(cli, "_model", lambda args: tiny_cnn())
+    monkeypatch.setitem(datasets._DATASETS, "noise", noise)
+    common = ["pretrain", "--data", "noise", "--train-size", "4", "--val-size", "2", "--batch-size", "2", "--epochs", "1",
+              "--mask-weight", "5", "--target", "predicted"]
+    main(common + ["--out", str(tmp_path / "default")])
+    recorded = json.loads((tmp_path / "default" / "config.json").read_text())["finetuning"]
+    assert recorded["objective"] == {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), "mask_weight": 5.0}
+    main(common + ["--finetune-objective", '{"complement_weight": 1.0}', "--finetune-lr", "1e-4", "--out", str(tmp_path / "given")])
+    recorded = json.loads((tmp_path / "given" / "config.json").read_text())["finetuning"]
+    assert recorded["objective"] == {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), "mask_weight": 5.0, "complement_weight": 1.0}
+    assert recorded["lr"] == 1e-4

@@ -8,6 +8,7 @@ from torch import nn
 
 from captum_ltx import LTX, LTXObjective
 from captum_ltx.metrics import perturbation_auc
+from captum_ltx.objective import blurred as blur_of
 
 # a 2 x 2 single-channel image and a mask over it
 X = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
@@ -73,6 +74,15 @@ def test_blur_and_mixed_baselines():
         generator=torch.Generator().manual_seed(0),
     )
     assert {round(v, 5) for v in drawn.tolist()} == {round(black.item(), 5), round(blurred.item(), 5)}
+    # a blurred image handed in is the one used (finetuning blurs once per image, not per step)
+    given = LTXObjective(mask_weight=1.0, baseline="blur")(
+        two_logits, x, mask, mask, TARGET, torch.zeros(()), blurred_input=blur_of(x)
+    )
+    assert given.item() == pytest.approx(blurred.item(), rel=1e-6)
+    other = LTXObjective(mask_weight=1.0, baseline="blur")(
+        two_logits, x, mask, mask, TARGET, torch.zeros(()), blurred_input=torch.zeros_like(x)
+    )
+    assert other.item() == pytest.approx(black.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -6,6 +7,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from captum_ltx import LTX, Explainer, LTXObjective, pretrain
+from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
 from conftest import IMAGE, assert_unchanged, snapshot, tiny_cnn, tiny_vit
 
 SETTINGS = dict(epochs=3, batch_size=4, lr=5e-3, seed=0, progress=False)
@@ -127,7 +129,13 @@ def test_the_pretraining_objective_is_recorded_and_resumed(tmp_path):
     for k, v in straight.state_dict().items():
         torch.testing.assert_close(v, resumed.state_dict()[k], msg=k)
     plain = pretrain(model, data(), **dict(SETTINGS, epochs=2))
-    assert "objective" not in plain.config["training"]
+    assert plain.config["training"]["objective"] == {"baseline": "mix"}  # DEFAULT_PRETRAINING_OBJECTIVE
+    reference = pretrain(model, data(), **dict(SETTINGS, epochs=1, objective=LTXObjective()))
+    assert "objective" not in reference.config["training"]  # as written before objectives were recorded
+    # LTX will finetune with the library's default objective at the pretraining's mask weight
+    assert LTX(model, plain).objective == dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=3.0)
+    heavy = pretrain(model, data(), **dict(SETTINGS, epochs=1, mask_weight=10.0))
+    assert heavy.config["finetuning"]["objective"] == dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0).to_config()
     assert not torch.allclose(plain.head.weight, straight.head.weight)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(model, data(), checkpoint_dir=tmp_path, **dict(settings, objective=LTXObjective()))
