@@ -100,8 +100,38 @@ SETTINGS: dict[str, tuple[list[str], dict]] = {
     "i19-fashion-norm-mix": (["--mask-weight", "3", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}',
                               "--objective", '{"baseline": "mix"}'],
                              {"mask_weight": 6.0, "lr": 3e-4, "finetune_steps": 50, "objective": {"baseline": "mix"}}),
+    # issue 19, second round: the best of the first together (pretraining with the mix on a
+    # normalised head, alone and with the multi-stride head; finetuning with the mix and total
+    # variation), and the best at the shipped Lite0 explainer's pretraining length
+    "i19-norm-mix-tv": (["(as i19-norm-mix)"], {"mask_weight": 10.0, "lr": 3e-5, "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-norm-ms-mix-tv": (["--mask-weight", "10", "--lr", "2e-4", "--explainer-options", '{"multi_stride": true}', "--objective", '{"baseline": "mix"}'],
+                           {"mask_weight": 10.0, "lr": 3e-5, "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-norm-mix-tv-long": (["--mask-weight", "10", "--lr", "2e-4", "--objective", '{"baseline": "mix"}', "--train-size", "1600", "--epochs", "3"],
+                             {"mask_weight": 10.0, "lr": 3e-5, "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-fashion-raw-mix-tv": (["(as i19-fashion-raw)"], {"mask_weight": 6.0, "lr": 3e-4, "finetune_steps": 50,
+                                                          "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-fashion-norm-mix-tv": (["(as i19-fashion-norm-mix)"], {"mask_weight": 6.0, "lr": 3e-4, "finetune_steps": 50,
+                                                                "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-fashion-norm-ms-mix-tv": (["--mask-weight", "3", "--lr", "2e-4", "--target", "sampled",
+                                    "--explainer-options", '{"num_classes": 10, "multi_stride": true}', "--objective", '{"baseline": "mix"}'],
+                                   {"mask_weight": 6.0, "lr": 3e-4, "finetune_steps": 50, "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    # the Fashion ViT's own: its shipped explainer pretrains at mask weight 10 and finetunes at 10
+    "i19-vit-raw": (["--mask-weight", "10", "--lr", "2e-4", "--target", "sampled",
+                     "--explainer-options", '{"num_classes": 10, "feature_norm": null, "mask_prior": null}'],
+                    {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50}),
+    "i19-vit-norm": (["--mask-weight", "10", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}'],
+                     {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50}),
+    "i19-vit-norm-mix": (["--mask-weight", "10", "--lr", "2e-4", "--target", "sampled", "--explainer-options", '{"num_classes": 10}',
+                          "--objective", '{"baseline": "mix"}'],
+                         {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50, "objective": {"baseline": "mix"}}),
+    "i19-vit-raw-mix-tv": (["(as i19-vit-raw)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50,
+                                                  "objective": {"baseline": "mix", "tv_weight": 0.5}}),
+    "i19-vit-norm-mix-tv": (["(as i19-vit-norm-mix)"], {"mask_weight": 10.0, "lr": 3e-4, "finetune_steps": 50,
+                                                        "objective": {"baseline": "mix", "tv_weight": 0.5}}),
 }
 REUSE = {
+    "i19-vit-raw-mix-tv": "i19-vit-raw", "i19-vit-norm-mix-tv": "i19-vit-norm-mix",
+    "i19-norm-mix-tv": "i19-norm-mix", "i19-fashion-raw-mix-tv": "i19-fashion-raw", "i19-fashion-norm-mix-tv": "i19-fashion-norm-mix",
     "long-ft-lr3e-5": "mw10-lr2e-4-long", "long-ft-lr3e-4": "mw10-lr2e-4-long", "long-ft-50steps": "mw10-lr2e-4-long",
     "fashion-mw10-ft3e-4": "fashion-mw10", "fashion-mw10-ft1e-3": "fashion-mw10",
     "fashion-cc-mw10-ft3e-4": "fashion-cc-mw10", "fashion-cc-mw10-ft1e-3": "fashion-cc-mw10",
