@@ -164,7 +164,9 @@ def test_shipped_checkpoints_fit_together():
     shipped = [os.path.join(root, f) for root, _, files in os.walk(SHIPPED) if ".work" not in root for f in files]
     assert sum(map(os.path.getsize, shipped)) < 30 * 2**20  # every shipped checkpoint together (not training work)
     lite0 = json.load(open(os.path.join(SHIPPED, "efficientnet_lite0-ltx", "config.json")))
-    assert lite0["finetuning"] == {"lr": 3e-5, "mask_weight": 10.0}
+    # chosen on validation (issue 19): the default finetuning objective at the pretraining's mask weight
+    assert lite0["finetuning"] == {"lr": 3e-5, "objective": dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0).to_config()}
+    assert lite0["feature_norm"] == "layer" and lite0["training"]["objective"] == {"baseline": "mix"}
 
 
 @pytest.mark.parametrize("name", ["fashion_cnn", "fashion_vit"])
