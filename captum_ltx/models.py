@@ -178,8 +178,31 @@ def available_models() -> list[str]:
     return sorted(_MODELS)
 
 
+def timm_model(architecture: str, weights: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
+    """Any timm architecture with a local weights file (safetensors, or a ``.pth`` state dict read
+    weights-only) in timm's own key names, in eval mode; its class count is read from the weights."""
+    import timm
+
+    if not timm.is_model(architecture):
+        raise ValueError(f"unknown model {architecture!r}: not in captum_ltx.models ({', '.join(available_models())}) nor in timm")
+    state = read_state_dict(weights)
+    model = timm.create_model(architecture, pretrained=False, **kwargs)
+    classifier = model.pretrained_cfg.get("classifier")
+    head = state.get(f"{classifier}.weight") if isinstance(classifier, str) else None
+    if head is not None and "num_classes" not in kwargs and head.shape[0] != model.num_classes:
+        model = timm.create_model(architecture, pretrained=False, num_classes=head.shape[0], **kwargs)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"`weights` {os.fspath(weights)!r} do not fit timm's {architecture!r}: {str(e).splitlines()[0]}") from None
+    return model.eval()
+
+
 def create_model(name: str, **options: Any) -> nn.Module:
-    """An explained model with real weights, by name (``available_models()``), in eval mode."""
+    """An explained model with real weights, in eval mode: by name (``available_models()``), or any
+    timm architecture with ``weights=`` a local file (:func:`timm_model`)."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        if "weights" in options:
+            return timm_model(name, **options)
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}, or a timm architecture with `weights`")
     return _MODELS[name](**options)

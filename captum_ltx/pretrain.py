@@ -44,6 +44,8 @@ def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str, dr
     if target == "label":
         if labels is None:
             raise ValueError("`target='label'` needs (image, label) items; use target='predicted' for unlabelled data")
+        if (labels < 0).any():  # ImageFolderData.UNLABELLED: a flat folder has no classes
+            raise ValueError("`target='label'` needs labelled data (a folder of class folders); use target='predicted'")
         return labels.to(x.device).long()
     with torch.no_grad():
         logits = model(x)

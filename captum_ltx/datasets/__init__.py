@@ -6,12 +6,14 @@ Each dataset yields ``(image, label, mask)`` items as the explained model takes 
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from torch import nn
 from torch.utils.data import Dataset
 
 from .fashion_scenes import FashionScenes
+from .image_folder import ImageFolderData, image_folder_for
 from .tuxpaint import ImagesAndLabels, TuxpaintComposites
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
@@ -30,7 +32,10 @@ def available_datasets() -> list[str]:
 
 
 def create_dataset(name: str, model: nn.Module, split: str, **options: Any) -> Dataset:
-    """Dataset ``name`` of ``split`` ("train", "val", "test"), preprocessed for ``model``."""
+    """Dataset ``name`` of ``split`` ("train", "val", "test"), preprocessed for ``model``; a ``name``
+    that is a folder gives its images (:class:`ImageFolderData`; ``val_size`` files held out for "val")."""
+    if name not in _DATASETS and os.path.isdir(name):
+        return image_folder_for(model, name, split, **options)
     if name not in _DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
     return _DATASETS[name](model, split, **options)
@@ -56,4 +61,4 @@ def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
     return FashionScenes(split, **_as_model_takes(model), **options)
 
 
-__all__ = ["FashionScenes", "ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
+__all__ = ["FashionScenes", "ImageFolderData", "ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
