@@ -32,6 +32,13 @@ def _as_dataset(data: Any, name: str) -> Dataset:
     raise TypeError(f"`{name}` must be a tensor of images or a Dataset of images or (image, label) pairs, got {type(data).__name__}")
 
 
+def _skipped_files(data: Any) -> int:
+    """How many unreadable files a folder dataset (``ImageFolderData``, maybe wrapped) has skipped."""
+    while not hasattr(data, "skipped") and hasattr(data, "data"):
+        data = data.data
+    return len(getattr(data, "skipped", ()))
+
+
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, Tensor):
         return batch, None
@@ -295,7 +302,9 @@ def pretrain(
             state["history"].append(record)
             state["epoch"] = epoch + 1
             if rank == 0 and progress:
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+                skipped = _skipped_files(train_set)
+                tqdm.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
+                           + (f", unreadable images skipped so far: {skipped}" if skipped else ""))
             if ckpt and rank == 0:
                 _write_checkpoint(ckpt, explainer, best_state, optimizer, scheduler, state, settings)
 

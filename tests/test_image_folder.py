@@ -61,7 +61,7 @@ def test_bad_folders_are_named(tmp_path):
         ImageFolderData(str(tmp_path / "cls"), to_tensor, "val", val_size=1)
 
 
-def test_a_folder_pretrains_an_explainer_with_the_models_transforms(tmp_path, monkeypatch):
+def test_a_folder_pretrains_an_explainer_with_the_models_transforms(tmp_path, monkeypatch, capsys):
     write_images(tmp_path / "images", [f"{i}.jpg" for i in range(6)])
     model = tiny_cnn()
     train = create_dataset(str(tmp_path / "images"), model, "train", val_size=2)
@@ -74,6 +74,15 @@ def test_a_folder_pretrains_an_explainer_with_the_models_transforms(tmp_path, mo
               "--target", "predicted", "--out", str(tmp_path / "explainer")])
     config = json.loads((tmp_path / "explainer" / "config.json").read_text())
     assert config["training"]["train_size"] == 4 and config["training"]["val_size"] == 2
+    # an unreadable file: skipped, and counted in the epoch's log line
+    (tmp_path / "images" / "6.jpg").write_bytes(b"truncated")
+    held_out = ImageFolderData(str(tmp_path / "images"), to_tensor, "val", val_size=1).paths
+    assert not any(p.endswith("6.jpg") for p in held_out)  # the broken file is in the training split
+    with pytest.warns(UserWarning, match="skipped unreadable image"):
+        cli.main(["pretrain", "--data", str(tmp_path / "images"), "--val-size", "1", "--batch-size", "2", "--epochs", "1",
+                  "--target", "predicted", "--out", str(tmp_path / "again")])
+    printed = capsys.readouterr()
+    assert "unreadable images skipped so far: 1" in printed.out + printed.err
 
 
 def test_any_timm_architecture_with_a_local_weights_file(tmp_path):
