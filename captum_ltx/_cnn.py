@@ -34,15 +34,21 @@ def spatial_outputs(
     return order
 
 
+def spatial_order(model: nn.Module, x: Tensor, args: tuple[Any, ...], hint: str) -> list[tuple[str, int]]:
+    """:func:`spatial_outputs`, or a ``ValueError`` ending with ``hint`` (which argument to pass) when
+    the model has no module with a spatial output."""
+    order = spatial_outputs(model, x, args)
+    if not order:
+        raise ValueError(f"the model has no layer with a spatial (B, C, h, w) output; {hint}")
+    return order
+
+
 def last_stage(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> str:
     """Name of the last feature stage: timm's ``feature_info``, else the last module with a spatial output."""
     info = stage_names(model)
     if info:
         return info[-1]
-    order = spatial_outputs(model, x[:1], _first_rows(args, x))
-    if not order:
-        raise ValueError("the model has no layer with a spatial (B, C, h, w) output; pass the layer explicitly")
-    return order[-1][0]
+    return spatial_order(model, x[:1], _first_rows(args, x), "pass the layer explicitly")[-1][0]
 
 
 def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple[str, str]:
@@ -58,9 +64,7 @@ def cnn_stages(model: nn.Module, x: Tensor, args: tuple[Any, ...] = ()) -> tuple
     if info and len(info) >= 2:
         return info[-2], info[-1]
     small_args = _first_rows(args, x)
-    order = spatial_outputs(model, x[:1], small_args)
-    if not order:
-        raise ValueError("the model has no layer with a spatial (B, C, h, w) output; pass `layers` explicitly")
+    order = spatial_order(model, x[:1], small_args, "pass `layers` explicitly")
     last, last_area = order[-1]
     calls = Counter(name for name, _ in order)
     # a module run more than once (a shared ReLU) cannot stand for one representation

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._cnn import spatial_outputs, stage_names
+from ._cnn import spatial_order, spatial_outputs, stage_names
 from ._model import architecture_fingerprint, check_normalization, layout_fingerprint, normalization_of
 from ._validation import format_target
 
@@ -37,17 +37,6 @@ def _detached_copy(model: nn.Module) -> nn.Module:
         p.grad = None
         p.requires_grad_(True)
     return clone
-
-
-def _last_spatial_layer(model: nn.Module, x: Tensor, *args: Any) -> str:
-    """Name of the module, last in execution order, whose output is a (B, C, h, w) map with h, w > 1."""
-    order = spatial_outputs(model, x, args)
-    if not order:
-        raise ValueError(
-            "could not find a layer with a spatial (B, C, h, w) output in the model; pass `feature_layer` "
-            "naming the module whose output the mask head should read"
-        )
-    return order[-1][0]
 
 
 def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any) -> tuple[Tensor, list[Tensor]]:
@@ -302,7 +291,9 @@ class Explainer(nn.Module):
         if feature_layer is None and hasattr(net, "forward_features"):
             access = {"access": "forward_features", "layer": None}
         else:
-            layer = feature_layer or _last_spatial_layer(net, probe, *probe_args)
+            layer = feature_layer or spatial_order(
+                net, probe, probe_args, "pass `feature_layer` naming the module whose output the mask head should read"
+            )[-1][0]
             if layer not in dict(net.named_modules()):
                 raise ValueError(f"`feature_layer` {layer!r} is not a module of the backbone")
             access = {"access": "hook", "layer": layer}

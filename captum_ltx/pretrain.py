@@ -223,7 +223,8 @@ def pretrain(
         mask_weight=objective.mask_weight, counterfactual=objective.counterfactual, target=target, seed=seed,
         train_size=len(train_set), val_size=len(val_set) if val_set is not None else 0,
     )
-    extra = {k: v for k, v in objective.to_config().items() if v != LTXObjective().to_config()[k] and k not in settings}
+    reference = LTXObjective().to_config()
+    extra = {k: v for k, v in objective.to_config().items() if v != reference[k] and k not in settings}
     if extra:  # recorded only when set, so that runs from before these settings resume
         settings["objective"] = extra
     params = [p for p in explainer.parameters() if p.requires_grad]

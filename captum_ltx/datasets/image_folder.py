@@ -37,12 +37,14 @@ def list_images(root: str) -> tuple[list[str], list[int], list[str]]:
             found += [os.path.join(base, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
         return found
 
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and images_in(os.path.join(root, d)))
+    # each class folder is walked once: a tree of 50,000 images is listed, not read
+    per_class = {d: images_in(os.path.join(root, d)) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
+    classes = [d for d, found in per_class.items() if found]
     flat = sorted(os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS))
     if classes and flat:
         raise ValueError(f"image folder {root!r} mixes images and class folders; use one layout")
     if classes:
-        pairs = [(path, label) for label, name in enumerate(classes) for path in images_in(os.path.join(root, name))]
+        pairs = [(path, label) for label, name in enumerate(classes) for path in per_class[name]]
         return [p for p, _ in pairs], [label for _, label in pairs], classes
     if not flat:
         raise ValueError(f"image folder {root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
