@@ -8,7 +8,7 @@ from .gradcam import GradCAM
 from .iia import IIA
 from .ltx import LTX, LTXAttribution
 from .objective import LTXObjective, masked_input
-from .pretrain import pretrain
+from .pretrain import PretrainingCfg, pretrain
 from .random_map import RandomMap
 from .rollout import AttentionRollout, GradientAttentionRollout
 
@@ -21,6 +21,7 @@ __all__ = [
     "LTXObjective",
     "masked_input",
     "pretrain",
+    "PretrainingCfg",
     "IIA",
     "DIX",
     "GradCAM",

@@ -29,6 +29,20 @@ def eval_mode(forward_func: Callable[..., Any]) -> Iterator[None]:
             module.training = flag
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Runs the body with every parameter of ``model`` out of autograd, then restores each flag, so that
+    a ``backward()`` through the model (to train something upstream) never writes its ``.grad``."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def normalization_of(model: Any) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """Mean and std that ``model`` expects its inputs normalised with, from timm's ``pretrained_cfg``."""
     cfg = getattr(model, "pretrained_cfg", None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import sys
 from typing import Any
@@ -111,24 +112,34 @@ def explain(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
-def pretrain(args: argparse.Namespace) -> None:
+def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
     from .datasets import ImagesAndLabels, create_dataset
     from .objective import DEFAULT_PRETRAINING_OBJECTIVE
+    from .pretrain import PretrainingCfg
     from .pretrain import pretrain as run_pretraining
 
     if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
         raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
     objective = _objective(args.objective, "--objective", DEFAULT_PRETRAINING_OBJECTIVE.to_config(), mask_weight=args.mask_weight)
     _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)  # refused before pretraining
+    try:
+        snapshots = tuple(int(n) for n in args.snapshots.split(",") if n.strip())
+    except ValueError:
+        raise SystemExit(f"`--snapshots` must be comma-separated image counts, got {args.snapshots!r}") from None
+    try:
+        cfg = PretrainingCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule=args.schedule,
+                             target=args.target, seed=args.seed, snapshots=snapshots, num_workers=args.num_workers)
+    except ValueError as e:  # named as the option is spelled
+        raise SystemExit(re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`", str(e), count=1)) from None
     torch.manual_seed(args.seed)
     model = _model(args)
     folder = {"val_size": args.val_size} if os.path.isdir(args.data) else {}  # held out of the same folder
-    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=args.train_size, seed=args.seed, **folder))
+    train_size = args.train_size if args.train_size is not None or folder else 800
+    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=train_size, seed=args.seed, **folder))
     val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder))
     explainer = run_pretraining(
-        model, train, val_data=val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        objective=objective, target=args.target, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
-        seed=args.seed, explainer_options=_json_object(args.explainer_options, "--explainer-options"),
+        model, train, val_data=val, cfg=cfg, objective=objective, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
+        explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
     finetuning: dict[str, Any] = {k: v for k, v in (("lr", args.finetune_lr), ("backbone_lr", args.finetune_backbone_lr),
                                                     ("finetune_steps", args.finetune_steps)) if v is not None}
@@ -138,6 +149,7 @@ def pretrain(args: argparse.Namespace) -> None:
         recorded["objective"] = _objective(
             args.finetune_objective, "--finetune-objective", recorded.get("objective"), mask_weight=args.finetune_mask_weight
         ).to_config()
+    explainer.config["command"] = shlex.join(["captum-ltx", "pretrain"] + argv)
     explainer.save(args.out)
     print(f"wrote {args.out}")
 
@@ -178,11 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("pretrain", help="pretrain an LTX explainer; resumable (same command)")
     _add_model(p)
     p.add_argument("--data", default="tuxpaint", help="training data: a name (captum_ltx.datasets) or a folder of images (ImageFolder classes or flat; --val-size of them held out)")
-    p.add_argument("--train-size", type=int, default=800, help="training composites per epoch")
+    p.add_argument("--train-size", type=int, default=None, help="training images per epoch (default: 800 composites of a named dataset; every image of a folder)")
     p.add_argument("--val-size", type=int, default=48, help="validation composites (choose the epoch)")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=float, default=0.2, help="fraction of the steps over which the lr rises")
+    p.add_argument("--schedule", default="linear", choices=("linear", "constant"), help="lr after the warm-up: linear decay to 0, or constant")
+    p.add_argument("--snapshots", default="", help="comma-separated image counts after which the explainer is also written to CHECKPOINT_DIR/snapshots/N (a learning curve from one run)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--mask-weight", type=float, default=None, help="the objective's mask weight (default 3)")
     p.add_argument("--objective", default="{}",
                    help='JSON: LTXObjective settings of pretraining over the default (black/blur mix baseline), e.g. {"complement_weight": 1}; {"baseline": "black"} is the reference')
@@ -220,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "explain":
         explain(args)
     elif args.command == "pretrain":
-        pretrain(args)
+        pretrain(args, argv[1:])
     else:
         benchmark(args, ["captum-ltx"] + argv)
 

@@ -59,6 +59,16 @@ def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: A
     return main, [captured[fine["layer"]] for fine in features.get("fine", ())]
 
 
+def _model_record(model: nn.Module) -> dict[str, Any]:
+    """What a checkpoint says about the model it was made for; a timm model's architecture and class
+    count let a copied backbone be rebuilt without that model (to explain another, ``transfer=True``)."""
+    record: dict[str, Any] = {"class": type(model).__qualname__, "fingerprint": architecture_fingerprint(model), "layout": layout_fingerprint(model)}
+    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if architecture and isinstance(getattr(model, "num_classes", None), int):
+        record.update(architecture=architecture, num_classes=model.num_classes)
+    return record
+
+
 class _LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels at each location of a (B, C, h, w) map."""
 
@@ -307,8 +317,7 @@ class Explainer(nn.Module):
             "input_size": list(input_size),
             "mask_size": None,
             "normalization": [list(normalization[0]), list(normalization[1])] if normalization else None,
-            "model": {"class": type(model).__qualname__, "fingerprint": architecture_fingerprint(model),
-                      "layout": layout_fingerprint(model)},
+            "model": _model_record(model),
             "training": {},
             "seed": seed,
         }
@@ -409,34 +418,28 @@ class Explainer(nn.Module):
         return config
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> "Explainer":
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False) -> "Explainer":
         """Loads a checkpoint written by :meth:`save`, onto the CPU.
 
         Args:
             path: the checkpoint folder.
             model (nn.Module, optional): the explained model. Needed when the backbone is a copy of it;
-                when given, it must have the architecture the checkpoint was made for.
+                when given, it must have the architecture the checkpoint was made for, unless ``transfer``.
+            transfer (bool): explain ``model`` with an explainer made for another model (as TVE's
+                transfer): a backbone that copied the other model is rebuilt from the timm architecture
+                recorded for it, with its trained weights, and ``config["transfer_from"]`` keeps the
+                other model's record. The two models must take the same normalisation.
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         config = cls.read_config(path)
-        if model is not None:
-            expected, actual = config["model"]["fingerprint"], architecture_fingerprint(model)
-            if expected != actual:
-                raise ValueError(
-                    f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} with architecture "
-                    f"fingerprint {expected}, but the explained model is a {type(model).__qualname__} with "
-                    f"fingerprint {actual}"
-                )
-            # checkpoints from before the layout was recorded are checked on their weights' shapes alone
-            expected_layout, actual_layout = config["model"].get("layout"), layout_fingerprint(model)
-            if expected_layout is not None and expected_layout != actual_layout:
-                raise ValueError(
-                    f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} whose weights fit the "
-                    f"explained model but whose layers differ in kernel, stride, padding or dilation (layout "
-                    f"fingerprint {expected_layout}, the model's {actual_layout})"
-                )
+        transferred = model is not None and transfer and config["model"]["fingerprint"] != architecture_fingerprint(model)
+        if model is not None and not transferred:
+            _check_same_model(path, config, model, transfer_hint=not transfer)
+        if transferred:
+            config = _transferred_config(path, config, model)
+            config["backbone"] = _rebuilt_backbone_source(path, config)
         source = config["backbone"]
         if source["source"] == "copy":
             if model is None:
@@ -447,7 +450,7 @@ class Explainer(nn.Module):
         else:
             import timm
 
-            net = timm.create_model(source["name"], num_classes=0, **source.get("kwargs", {}))
+            net = timm.create_model(source["name"], **{"num_classes": 0, **source.get("kwargs", {})})
         explainer = cls(net, config)
         try:
             state = load_file(os.path.join(path, WEIGHTS_NAME))
@@ -458,3 +461,46 @@ class Explainer(nn.Module):
         except RuntimeError as e:
             raise ValueError(f"`path` {str(path)!r}: weights do not fit the explainer ({str(e).splitlines()[0]})") from None
         return explainer
+
+
+def _check_same_model(path: Any, config: dict[str, Any], model: nn.Module, transfer_hint: bool) -> None:
+    expected, actual = config["model"]["fingerprint"], architecture_fingerprint(model)
+    if expected != actual:
+        raise ValueError(
+            f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} with architecture "
+            f"fingerprint {expected}, but the explained model is a {type(model).__qualname__} with "
+            f"fingerprint {actual}" + ("; to explain this model with it anyway, pass transfer=True" if transfer_hint else "")
+        )
+    # checkpoints from before the layout was recorded are checked on their weights' shapes alone
+    expected_layout, actual_layout = config["model"].get("layout"), layout_fingerprint(model)
+    if expected_layout is not None and expected_layout != actual_layout:
+        raise ValueError(
+            f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} whose weights fit the "
+            f"explained model but whose layers differ in kernel, stride, padding or dilation (layout "
+            f"fingerprint {expected_layout}, the model's {actual_layout})"
+        )
+
+
+def _transferred_config(path: Any, config: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+    """The config of a checkpoint made for another model, now recorded for ``model``."""
+    theirs, ours = config.get("normalization"), normalization_of(model)
+    if theirs is not None and ours is not None and [list(v) for v in ours] != theirs:
+        raise ValueError(
+            f"`path` {str(path)!r}: transfer needs the models to take the same normalisation; the explainer's "
+            f"is {theirs}, the explained model's {[list(v) for v in ours]}"
+        )
+    return dict(config, model=_model_record(model), transfer_from=config["model"])
+
+
+def _rebuilt_backbone_source(path: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """A copied backbone as the timm model it copied (its weights are in the checkpoint)."""
+    source, made_for = config["backbone"], config["transfer_from"]
+    if source["source"] != "copy":
+        return source
+    if "architecture" not in made_for:
+        raise ValueError(
+            f"`path` {str(path)!r}: its backbone copies a {made_for['class']} whose timm architecture is not recorded, so it "
+            "cannot be rebuilt to explain another model; re-make the checkpoint with a timm model"
+        )
+    keeps_classifier = config["features"]["access"] != "forward_features"  # a hooked backbone is the whole model
+    return {"source": "timm", "name": made_for["architecture"], "kwargs": {"num_classes": made_for["num_classes"]} if keeps_classifier else {}}

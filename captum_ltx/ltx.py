@@ -90,6 +90,9 @@ class LTXAttribution(Attribution):
         selection (str): ``"loss"``, ``"last"``, ``"mean"`` or ``"pos_auc"``.
         finetune (str): explainer parts trained per image: ``"all"`` (reference) or ``"head"``.
         pos_auc_early_stop (float): early-stop threshold of ``"pos_auc"`` (reference: 6.0).
+        explainer_options (dict, optional): :meth:`Explainer.from_model` options of a fresh head.
+        transfer (bool): ``explainer`` (a checkpoint path) was made for another model; explain this
+            one with it, finetuned against this model (:meth:`Explainer.load` with ``transfer=True``).
 
     Example::
 
@@ -117,6 +120,7 @@ class LTXAttribution(Attribution):
         finetune: str = "all",
         pos_auc_early_stop: float = 6.0,
         explainer_options: dict[str, Any] | None = None,
+        transfer: bool = False,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
@@ -138,7 +142,7 @@ class LTXAttribution(Attribution):
             self.explainer = explainer
         elif isinstance(explainer, (str, os.PathLike)):
             model = forward_func if isinstance(forward_func, nn.Module) else None
-            self.explainer = Explainer.load(explainer, model)
+            self.explainer = Explainer.load(explainer, model, transfer=transfer)
         else:
             raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or None, got {type(explainer).__name__}")
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.

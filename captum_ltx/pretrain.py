@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 import json
 import os
@@ -10,10 +12,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
-from ._model import black_in_input_space, check_normalization, eval_mode, normalization_of
+from ._model import black_in_input_space, check_normalization, eval_mode, frozen_parameters, normalization_of
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
@@ -33,10 +36,11 @@ def _as_dataset(data: Any, name: str) -> Dataset:
 
 
 def _skipped_files(data: Any) -> int:
-    """How many unreadable files a folder dataset (``ImageFolderData``, maybe wrapped) has skipped."""
-    while not hasattr(data, "skipped") and hasattr(data, "data"):
+    """How many unreadable files a folder dataset (``ImageFolderData``, maybe wrapped) has skipped, in
+    this process and in DataLoader workers."""
+    while not hasattr(data, "skipped_count") and hasattr(data, "data"):
         data = data.data
-    return len(getattr(data, "skipped", ()))
+    return getattr(data, "skipped_count", 0)
 
 
 def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
@@ -118,69 +122,141 @@ def validation_pos_auc(
     return (total[0] / total[1]).item()
 
 
+SCHEDULES = ("linear", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainingCfg:
+    """The settings of one pretraining run (recorded in the checkpoint's ``config["training"]``).
+
+    Args:
+        epochs, batch_size, lr, weight_decay: training settings; ``batch_size`` is per process.
+        warmup (float): the fraction of all steps over which the learning rate rises linearly.
+        schedule (str): after the warm-up, ``"linear"`` decays the rate to 0 at the last step (the
+            reference's); ``"constant"`` keeps it, so that snapshots along one run are comparable.
+        target (str): ``"label"``, ``"predicted"`` or ``"sampled"`` (see :func:`pretrain`).
+        seed (int): seeds the shuffling, the baseline draws and the head's initialisation.
+        snapshots (tuple): numbers of training images after which the explainer is also written to
+            ``checkpoint_dir/snapshots/<images>/``, for a learning curve from one run.
+        num_workers (int): DataLoader worker processes (not recorded: they do not change the result).
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.2
+    schedule: str = "linear"
+    target: str = "label"
+    seed: int = 0
+    snapshots: tuple[int, ...] = ()
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.epochs, "epochs")
+        check_positive_int(self.batch_size, "batch_size")
+        check_choice(self.target, "target", ("label", "predicted", "sampled"))
+        check_choice(self.schedule, "schedule", SCHEDULES)
+        if not 0 <= self.warmup < 1:
+            raise ValueError(f"`warmup` must be a fraction in [0, 1), got {self.warmup!r}")
+        if any(not isinstance(n, int) or n <= 0 for n in self.snapshots):
+            raise ValueError(f"`snapshots` must be positive image counts, got {self.snapshots!r}")
+
+    def record(self, world: int) -> dict[str, Any]:
+        """What a resumed run must match; settings added later are recorded only when set, so that
+        checkpoints from before them still resume."""
+        recorded = dict(epochs=self.epochs, batch_size=self.batch_size * world, lr=self.lr, weight_decay=self.weight_decay,
+                        warmup=self.warmup, target=self.target, seed=self.seed)
+        if self.schedule != "linear":
+            recorded["schedule"] = self.schedule
+        if self.snapshots:
+            recorded["snapshots"] = list(self.snapshots)
+        return recorded
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything one pretraining run carries from step to step."""
+
+    cfg: PretrainingCfg
+    model: nn.Module
+    explainer: Explainer
+    net: nn.Module  # the explainer, wrapped in DistributedDataParallel under torchrun
+    objective: LTXObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_set: Dataset
+    val_set: Dataset | None
+    fill: Tensor
+    device: torch.device
+    settings: dict[str, Any]
+    ckpt: str | None
+    progress: bool
+    rank: int = 0
+    world: int = 1
+    state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    best_state: dict[str, Tensor] | None = None
+    seen_targets: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
 def pretrain(
     model: nn.Module,
     train_data: Any,
     *,
     val_data: Any = None,
-    epochs: int = 10,
-    batch_size: int = 32,
-    lr: float = 2e-4,
-    weight_decay: float = 0.01,
-    warmup: float = 0.2,
+    cfg: PretrainingCfg | None = None,
     mask_weight: float | None = None,
     counterfactual: bool | None = None,
     objective: LTXObjective | None = None,
-    target: str = "label",
     explainer: Explainer | None = None,
     explainer_options: dict[str, Any] | None = None,
     normalization: Any = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
     resume: bool = True,
-    seed: int = 0,
-    num_workers: int = 0,
     progress: bool = True,
+    **settings: Any,
 ) -> Explainer:
     r"""Pretrains an LTX explainer for ``model`` and returns the one of the best epoch.
 
     Every step minimises :class:`~captum_ltx.LTXObjective` over a batch with AdamW and a linear
-    warm-up then linear decay of the learning rate. After each epoch the explainer is scored on
-    ``val_data`` by its mean positive-perturbation AUC (lower is better) and the best epoch is kept, as
-    in the reference; without ``val_data`` the last epoch is kept.
+    warm-up, then a linear decay (or a constant rate) of the learning rate. After each epoch the
+    explainer is scored on ``val_data`` by its mean positive-perturbation AUC (lower is better) and the
+    best epoch is kept, as in the reference; without ``val_data`` the last epoch is kept.
 
     With ``checkpoint_dir``, each epoch writes ``last/`` and ``best/`` (explainer checkpoints), the
     optimiser state (safetensors) and ``state.json``; a later call with ``resume=True`` continues after
     the last finished epoch with identical shuffling. Under ``torchrun`` (an initialised
-    ``torch.distributed`` process group) each process takes a shard of every epoch, gradients are
-    averaged across processes and rank 0 writes the checkpoints.
+    ``torch.distributed`` process group) each process takes a shard of every epoch, the explainer is
+    wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` (which averages the gradients) and
+    rank 0 writes the checkpoints.
 
     Args:
         model (nn.Module): the explained classifier, on the device to train on; it is not changed.
         train_data: a tensor of images, or a Dataset of images or (image, label) pairs, as the model
             takes them (normalised).
         val_data: the same, for choosing the epoch.
-        epochs, batch_size, lr, weight_decay: training settings; ``warmup`` is the warm-up fraction.
+        cfg (PretrainingCfg, optional): the training settings; keyword ``settings`` (``epochs=``,
+            ``batch_size=``, ``lr=``, ...: any field of :class:`PretrainingCfg`) override its fields.
             ``lr`` defaults to 2e-4, the most the reference's schedule ever reaches (its 2e-3 flag
             never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
-            one mask for every image (benchmarks/results/lite0-tuning.md).
+            one mask for every image (benchmarks/results/lite0-tuning.md). ``target``: ``"label"``
+            (the data's labels, the reference's "target" checkpoints), ``"predicted"`` (the model's
+            top class) or ``"sampled"`` (a class drawn from the model's softmax, so that a
+            class-conditioned explainer also learns the masks of runners-up).
         objective (LTXObjective, optional): what each step minimises (default:
             ``DEFAULT_PRETRAINING_OBJECTIVE``, the reference's with a black/blur baseline mixture;
-            ``LTXObjective()`` is the reference's own);
-            ``mask_weight`` and ``counterfactual`` override its fields. With ``baseline="mix"`` each
-            image draws black or blur, seeded by ``seed``, the epoch and the step.
-        target (str): ``"label"`` (the data's labels, the reference's "target" checkpoints),
-            ``"predicted"`` (the model's top class) or ``"sampled"`` (a class drawn from the model's
-            softmax, so that a class-conditioned explainer also learns the masks of runners-up,
-            such as the second item of a two-item scene).
+            ``LTXObjective()`` is the reference's own); ``mask_weight`` and ``counterfactual``
+            override its fields. With ``baseline="mix"`` each image draws black or blur, seeded by
+            the seed, the epoch and the step.
         explainer (Explainer, optional): where to start; default :meth:`Explainer.from_model`
             with ``explainer_options``.
         normalization (tuple, optional): (mean, std) of the inputs; default the model's timm config.
-        checkpoint_dir (str, optional): folder for resumable checkpoints.
-        seed (int): seeds the shuffling and the head's initialisation.
+        checkpoint_dir (str, optional): folder for resumable checkpoints (and snapshots).
 
     Returns:
         The :class:`~captum_ltx.Explainer` of the best epoch, with its settings in ``config["training"]``
-        and, unless it already had one, the finetuning objective LTX will use in
+        (and, per epoch in its ``history``, how many distinct classes were targeted so far) and,
+        unless it already had one, the finetuning objective LTX will use in
         ``config["finetuning"]["objective"]``: ``DEFAULT_FINETUNING_OBJECTIVE`` at the pretraining's
         mask weight.
 
@@ -191,140 +267,212 @@ def pretrain(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
-    check_positive_int(epochs, "epochs")
-    check_positive_int(batch_size, "batch_size")
-    check_choice(target, "target", ("label", "predicted", "sampled"))
-    if not 0 <= warmup < 1:
-        raise ValueError(f"`warmup` must be a fraction in [0, 1), got {warmup!r}")
+    if cfg is not None and not isinstance(cfg, PretrainingCfg):
+        raise TypeError(f"`cfg` must be a PretrainingCfg or None, got {type(cfg).__name__}")
+    unknown = set(settings) - {f.name for f in dataclasses.fields(PretrainingCfg)}
+    if unknown:
+        raise TypeError(f"pretrain() got unexpected keyword arguments {sorted(unknown)}; settings are the fields of PretrainingCfg")
+    cfg = dataclasses.replace(cfg or PretrainingCfg(), **settings)
     train_set = _as_dataset(train_data, "train_data")
     val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
     if len(train_set) == 0:
         raise ValueError("`train_data` is empty")
-    rank, world = _distributed()
-    device = next(model.parameters()).device
-    norm = check_normalization(normalization) if normalization is not None else normalization_of(model)
+    objective = _pretraining_objective(objective, mask_weight, counterfactual)
+    run = _start(model, train_set, val_set, cfg, objective, explainer, explainer_options, normalization, checkpoint_dir, progress)
+    if run.ckpt and resume and os.path.isfile(os.path.join(run.ckpt, STATE_NAME)):
+        _resume(run)
+    with eval_mode(model), frozen_parameters(model):
+        for epoch in range(run.state["epoch"], cfg.epochs):
+            _end_epoch(run, epoch, _train_epoch(run, epoch))
+    return _finished(run)
 
-    first, _ = _split_batch(train_set[0])
-    if explainer is None:
-        options = dict(explainer_options or {})
-        options.setdefault("input_size", tuple(first.shape))
-        options.setdefault("seed", seed)
-        if norm is not None:
-            options.setdefault("normalization", norm)
-        explainer = Explainer.from_model(model, **options)
-    explainer.to(device)
+
+def _pretraining_objective(objective: LTXObjective | None, mask_weight: float | None, counterfactual: bool | None) -> LTXObjective:
     if objective is not None and not isinstance(objective, LTXObjective):
         raise TypeError(f"`objective` must be an LTXObjective or None, got {type(objective).__name__}")
-    objective = LTXObjective.from_config(
+    return LTXObjective.from_config(
         (objective if objective is not None else DEFAULT_PRETRAINING_OBJECTIVE).to_config(), mask_weight=mask_weight, counterfactual=counterfactual
     )
-    settings = dict(
-        epochs=epochs, batch_size=batch_size * world, lr=lr, weight_decay=weight_decay, warmup=warmup,
-        mask_weight=objective.mask_weight, counterfactual=objective.counterfactual, target=target, seed=seed,
-        train_size=len(train_set), val_size=len(val_set) if val_set is not None else 0,
-    )
+
+
+def _initial_explainer(model: nn.Module, first: Tensor, seed: int, options: dict[str, Any] | None, norm: Any) -> Explainer:
+    options = dict(options or {})
+    options.setdefault("input_size", tuple(first.shape))
+    options.setdefault("seed", seed)
+    if norm is not None:
+        options.setdefault("normalization", norm)
+    return Explainer.from_model(model, **options)
+
+
+def _recorded_settings(cfg: PretrainingCfg, objective: LTXObjective, world: int, train_size: int, val_size: int) -> dict[str, Any]:
+    settings = dict(cfg.record(world), mask_weight=objective.mask_weight, counterfactual=objective.counterfactual,
+                    train_size=train_size, val_size=val_size)
     reference = LTXObjective().to_config()
     extra = {k: v for k, v in objective.to_config().items() if v != reference[k] and k not in settings}
     if extra:  # recorded only when set, so that runs from before these settings resume
         settings["objective"] = extra
-    params = [p for p in explainer.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sampler = DistributedSampler(train_set, shuffle=True, seed=seed) if world > 1 else None
-    steps_per_epoch = -(-len(sampler if sampler else train_set) // batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(warmup * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: (step + 1) / warmup_steps if step < warmup_steps else max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps)),
-    )
-    fill = black_in_input_space(norm, first.unsqueeze(0).to(device))
+    return settings
 
-    state: dict[str, Any] = {"epoch": 0, "best_epoch": None, "best_val_pos_auc": None, "history": [], "settings": settings}
-    best_state = None
-    ckpt = os.fspath(checkpoint_dir) if checkpoint_dir is not None else None
-    if ckpt and resume and os.path.isfile(os.path.join(ckpt, STATE_NAME)):
-        with open(os.path.join(ckpt, STATE_NAME)) as f:
-            saved = json.load(f)
-        if saved["settings"] != settings:
-            raise ValueError(
-                f"`checkpoint_dir` {ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
-            )
-        state = saved
-        explainer.load_state_dict(Explainer.load(os.path.join(ckpt, "last"), model).state_dict())
-        _load_optimizer(optimizer, os.path.join(ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"])
-        scheduler.load_state_dict(saved["scheduler"])
-        if saved["best_epoch"] is not None:
-            best_state = Explainer.load(os.path.join(ckpt, "best"), model).state_dict()
 
-    with eval_mode(model):
-        for epoch in range(state["epoch"], epochs):
-            explainer.train()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            loader = DataLoader(
-                train_set, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, num_workers=num_workers,
-                generator=torch.Generator().manual_seed(seed + epoch), drop_last=False,
-            )
-            bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{epochs}", disable=not progress or rank != 0, leave=False)
-            running = 0.0
-            for i, batch in enumerate(bar):
-                x, labels = _split_batch(batch)
-                x = x.to(device)
-                draw = ((seed * 1009 + rank) * 1009 + epoch) * 100_003 + i
-                t = _targets(model, x, labels, target, draw=draw)
-                mask, low_res = explainer(x, target=t, return_low_res=True)
-                loss = objective(model, x, mask, low_res, t, fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
-                # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for p, g in zip(params, grads):
-                    if world > 1 and g is not None:
-                        dist.all_reduce(g)
-                        g /= world
-                    p.grad = g
-                optimizer.step()
-                scheduler.step()
-                running += loss.item()
-                bar.set_postfix(loss=f"{running / (i + 1):.4f}")
-            mean_loss = torch.tensor([running, float(len(loader))], dtype=torch.float64, device=device)
-            if world > 1:
-                dist.all_reduce(mean_loss)
-            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": (mean_loss[0] / mean_loss[1].clamp(min=1)).item()}
-            explainer.eval()
-            improved = val_set is None
-            if val_set is not None:
-                record["val_pos_auc"] = validation_pos_auc(
-                    model, explainer, val_set, batch_size=batch_size, fill=fill, device=device,
-                    target="predicted" if target == "sampled" else target,  # the same classes every epoch
-                )
-                improved = state["best_val_pos_auc"] is None or record["val_pos_auc"] < state["best_val_pos_auc"]
-            if improved:
-                state["best_epoch"], state["best_val_pos_auc"] = epoch + 1, record.get("val_pos_auc")
-                best_state = {k: v.detach().cpu().clone() for k, v in explainer.state_dict().items()}
-            state["history"].append(record)
-            state["epoch"] = epoch + 1
-            if rank == 0 and progress:
-                skipped = _skipped_files(train_set)
-                tqdm.write(f"epoch {epoch + 1}/{epochs}: " + ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch")
-                           + (f", unreadable images skipped so far: {skipped}" if skipped else ""))
-            if ckpt and rank == 0:
-                _write_checkpoint(ckpt, explainer, best_state, optimizer, scheduler, state, settings)
+def _lr_factor(cfg: PretrainingCfg, total_steps: int) -> Any:
+    warmup_steps = int(cfg.warmup * total_steps)
 
-    explainer.load_state_dict(best_state)
-    explainer.config["training"] = dict(settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
-    # LTX finetunes this checkpoint with the library's default objective at the pretraining's mask weight
-    explainer.config.setdefault("finetuning", {}).setdefault(
-        "objective", dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight).to_config()
-    )
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def _start(
+    model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: PretrainingCfg, objective: LTXObjective,
+    explainer: Explainer | None, explainer_options: dict[str, Any] | None, normalization: Any, checkpoint_dir: Any, progress: bool,
+) -> _Run:
+    rank, world = _distributed()
+    device = next(model.parameters()).device
+    norm = check_normalization(normalization) if normalization is not None else normalization_of(model)
+    first, _ = _split_batch(train_set[0])
+    explainer = (explainer or _initial_explainer(model, first, cfg.seed, explainer_options, norm)).to(device)
+    net: nn.Module = explainer
+    if world > 1:  # rank 0's initial weights are broadcast; hooked backbones leave the layers after the hook unused
+        net = DistributedDataParallel(explainer, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
+    optimizer = torch.optim.AdamW([p for p in explainer.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = -(-(-(-len(train_set) // world)) // cfg.batch_size)  # DistributedSampler pads to equal shards
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
+    settings = _recorded_settings(cfg, objective, world, len(train_set), len(val_set) if val_set is not None else 0)
+    run = _Run(cfg, model, explainer, net, objective, optimizer, scheduler, train_set, val_set,
+               black_in_input_space(norm, first.unsqueeze(0).to(device)), device, settings,
+               os.fspath(checkpoint_dir) if checkpoint_dir is not None else None, progress, rank, world)
+    run.state = {"epoch": 0, "images": 0, "best_epoch": None, "best_val_pos_auc": None, "history": [], "settings": settings}
+    return run
+
+
+def _resume(run: _Run) -> None:
+    with open(os.path.join(run.ckpt, STATE_NAME)) as f:
+        saved = json.load(f)
+    if saved["settings"] != run.settings:
+        raise ValueError(
+            f"`checkpoint_dir` {run.ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
+        )
+    run.state = saved
+    run.state.setdefault("images", 0)  # runs from before the image count
+    run.seen_targets = collections.Counter({int(k): v for k, v in saved.get("target_counts", {}).items()})
+    run.explainer.load_state_dict(Explainer.load(os.path.join(run.ckpt, "last"), run.model).state_dict())
+    _load_optimizer(run.optimizer, os.path.join(run.ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"])
+    run.scheduler.load_state_dict(saved["scheduler"])
+    if saved["best_epoch"] is not None:
+        run.best_state = Explainer.load(os.path.join(run.ckpt, "best"), run.model).state_dict()
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One pass over the training data; returns the mean loss over all processes."""
+    cfg = run.cfg
+    run.net.train()
+    sampler = DistributedSampler(run.train_set, shuffle=True, seed=cfg.seed) if run.world > 1 else None
+    if sampler is not None:
+        sampler.set_epoch(epoch)
+    loader = DataLoader(run.train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.num_workers,
+                        generator=torch.Generator().manual_seed(cfg.seed + epoch), drop_last=False)
+    bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress or run.rank != 0, leave=False)
+    running = 0.0
+    for i, batch in enumerate(bar):
+        x, labels = _split_batch(batch)
+        draw = ((cfg.seed * 1009 + run.rank) * 1009 + epoch) * 100_003 + i
+        running += _train_step(run, x.to(run.device), labels, draw)
+        bar.set_postfix(loss=f"{running / (i + 1):.4f}")
+    total = torch.tensor([running, float(len(loader))], dtype=torch.float64, device=run.device)
+    if run.world > 1:
+        dist.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+def _train_step(run: _Run, x: Tensor, labels: Tensor | None, draw: int) -> float:
+    t = _targets(run.model, x, labels, run.cfg.target, draw=draw)
+    mask, low_res = run.net(x, target=t, return_low_res=True)
+    loss = run.objective(run.model, x, mask, low_res, t, run.fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # the model's parameters are frozen for the run: nothing reaches its .grad
+    run.optimizer.step()
+    run.scheduler.step()
+    before = run.state["images"]
+    run.state["images"] += len(x) * run.world  # DistributedSampler gives every process equal batches
+    run.seen_targets.update(t.tolist())
+    for images in run.cfg.snapshots:
+        if before < images <= run.state["images"]:
+            _snapshot(run, images)
+    return loss.item()
+
+
+def _all_targets(run: _Run) -> collections.Counter:
+    """The classes targeted so far, over all processes."""
+    if run.world == 1:
+        return run.seen_targets
+    gathered: list[Any] = [None] * run.world
+    dist.all_gather_object(gathered, dict(run.seen_targets))
+    return sum((collections.Counter(g) for g in gathered), collections.Counter())
+
+
+def _snapshot(run: _Run, images: int) -> None:
+    """Writes the explainer after ``images`` training images, with how many classes they targeted."""
+    distinct = len(_all_targets(run))
+    if run.ckpt and run.rank == 0:
+        explainer = copy.deepcopy(run.explainer).cpu()
+        explainer.config["training"] = dict(run.settings, images=images, distinct_targets=distinct)
+        _record_finetuning_objective(explainer, run.objective)
+        explainer.save(os.path.join(run.ckpt, "snapshots", str(images)))
+    if run.rank == 0 and run.progress:
+        tqdm.write(f"snapshot after {images} images ({distinct} distinct target classes)")
+
+
+def _end_epoch(run: _Run, epoch: int, train_loss: float) -> None:
+    """Validation, the best epoch so far, the log line and the checkpoint."""
+    state = run.state
+    targets = _all_targets(run)
+    record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "distinct_targets": len(targets)}
+    run.explainer.eval()
+    if run.val_set is not None:
+        record["val_pos_auc"] = validation_pos_auc(
+            run.model, run.explainer, run.val_set, batch_size=run.cfg.batch_size, fill=run.fill, device=run.device,
+            target="predicted" if run.cfg.target == "sampled" else run.cfg.target,  # the same classes every epoch
+        )
+    if run.val_set is None or state["best_val_pos_auc"] is None or record["val_pos_auc"] < state["best_val_pos_auc"]:
+        state["best_epoch"], state["best_val_pos_auc"] = epoch + 1, record.get("val_pos_auc")
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.explainer.state_dict().items()}
+    state["history"].append(record)
+    state["epoch"] = epoch + 1
+    state["target_counts"] = {str(k): v for k, v in sorted(targets.items())}
+    if run.rank == 0 and run.progress:
+        skipped = _skipped_files(run.train_set)
+        tqdm.write(f"epoch {epoch + 1}/{run.cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                                                   for k, v in record.items() if k != "epoch")
+                   + (f", unreadable images skipped so far: {skipped}" if skipped else ""))
+    if run.ckpt and run.rank == 0:
+        _write_checkpoint(run)
+
+
+def _write_checkpoint(run: _Run) -> None:
+    os.makedirs(run.ckpt, exist_ok=True)
+    run.explainer.save(os.path.join(run.ckpt, "last"))
+    if run.best_state is not None and run.state["best_epoch"] == run.state["epoch"]:
+        run.explainer.save(os.path.join(run.ckpt, "best"))
+    groups = _save_optimizer(run.optimizer, os.path.join(run.ckpt, OPTIMIZER_NAME))
+    _atomic_json(dict(run.state, optimizer_param_groups=groups, scheduler=run.scheduler.state_dict()), os.path.join(run.ckpt, STATE_NAME))
+
+
+def _finished(run: _Run) -> Explainer:
+    """The best epoch's explainer with its training record and the finetuning objective LTX will use."""
+    explainer, state = run.explainer, run.state
+    explainer.load_state_dict(run.best_state)
+    explainer.config["training"] = dict(run.settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
+    _record_finetuning_objective(explainer, run.objective)
     return explainer.cpu().eval()
 
 
-def _write_checkpoint(
-    ckpt: str, explainer: Explainer, best_state: dict[str, Tensor] | None, optimizer: torch.optim.Optimizer,
-    scheduler: Any, state: dict[str, Any], settings: dict[str, Any],
-) -> None:
-    os.makedirs(ckpt, exist_ok=True)
-    explainer.save(os.path.join(ckpt, "last"))
-    if best_state is not None and state["best_epoch"] == state["epoch"]:
-        explainer.save(os.path.join(ckpt, "best"))
-    state = dict(state, optimizer_param_groups=_save_optimizer(optimizer, os.path.join(ckpt, OPTIMIZER_NAME)), scheduler=scheduler.state_dict())
-    _atomic_json(state, os.path.join(ckpt, STATE_NAME))
+def _record_finetuning_objective(explainer: Explainer, objective: LTXObjective) -> None:
+    """Unless it has one: LTX finetunes this checkpoint with the default objective at the pretraining's mask weight."""
+    explainer.config.setdefault("finetuning", {}).setdefault(
+        "objective", dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight).to_config()
+    )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from captum_ltx import LTX, Explainer, LTXObjective
 from captum_ltx.ltx import FRESH_BACKBONE_LR, FRESH_HEAD_STEP
 from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
-from conftest import IMAGE, plain_cnn, tiny_cnn, tiny_vit
+from conftest import IMAGE, NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 
 @pytest.mark.parametrize("make", [tiny_vit, tiny_cnn, plain_cnn], ids=["vit", "cnn", "plain"])
@@ -251,3 +251,42 @@ def test_multi_stride_head_gives_a_finer_mask_and_round_trips(tmp_path, images):
         Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), fine_layers=["layer1", "layer2"])
     with pytest.raises(ValueError, match="`multi_stride`: the backbone has no feature map finer"):
         Explainer.from_model(plain_cnn(), input_size=(3, IMAGE, IMAGE), feature_layer="features.1", multi_stride=True)
+
+
+def test_transfer_to_another_model_is_explicit_and_keeps_the_trained_weights(tmp_path, images):
+    import timm
+
+    torch.manual_seed(0)
+    same_normalisation = {"mean": (0.5,) * 3, "std": (0.5,) * 3}  # as tiny_cnn's test_resnet
+    source = timm.create_model("test_efficientnet", num_classes=NUM_CLASSES, pretrained_cfg_overlay=same_normalisation).eval()
+    target = tiny_cnn()
+    made = Explainer.from_model(source, input_size=(3, IMAGE, IMAGE))
+    made.save(tmp_path / "e")
+    with pytest.raises(ValueError, match="transfer=True"):
+        Explainer.load(tmp_path / "e", target)
+    moved = Explainer.load(tmp_path / "e", target, transfer=True)
+    assert moved.config["transfer_from"]["architecture"] == "test_efficientnet"
+    assert moved.config["model"] == Explainer.from_model(target, input_size=(3, IMAGE, IMAGE)).config["model"]
+    assert moved.config["backbone"] == {"source": "timm", "name": "test_efficientnet", "kwargs": {}}
+    for k, v in made.state_dict().items():
+        assert torch.equal(v, moved.state_dict()[k]), k
+    moved.save(tmp_path / "moved")  # a transferred checkpoint loads for its new model, no transfer needed
+    Explainer.load(tmp_path / "moved", target)
+    before = snapshot(target)
+    attr = LTX(target, str(tmp_path / "e"), transfer=True, finetune_steps=2).attribute(images, target=1)
+    assert attr.shape == images.shape and torch.isfinite(attr).all()
+    assert_unchanged(before, target)
+    # the same model loads as before with transfer=True; a backbone of an unknown architecture cannot move
+    Explainer.load(tmp_path / "e", source, transfer=True)
+    Explainer.from_model(plain_cnn(), input_size=(3, IMAGE, IMAGE)).save(tmp_path / "plain")
+    with pytest.raises(ValueError, match="architecture is not recorded"):
+        Explainer.load(tmp_path / "plain", target, transfer=True)
+
+
+def test_transfer_across_normalisations_is_refused(tmp_path):
+    import timm
+
+    source = timm.create_model("test_efficientnet", num_classes=NUM_CLASSES)  # ImageNet's; tiny_cnn's is 0.5
+    Explainer.from_model(source, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "e")
+    with pytest.raises(ValueError, match="same normalisation"):
+        Explainer.load(tmp_path / "e", tiny_cnn(), transfer=True)

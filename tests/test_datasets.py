@@ -1,5 +1,7 @@
 """Tuxpaint composites on a small stand-in package tree (the real packages are fetched by set-up)."""
 
+import pathlib
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,41 @@ def test_fashion_scenes_bad_input(fake_fashion, tmp_path):
     (tmp_path / "bad").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x09abc")
     with pytest.raises(ValueError, match="cut short"):
         read_idx(str(tmp_path / "bad"))
+
+
+def _add_unlabelled_stamps(root, val_word):
+    """A noisy (photo-like) stamp, a flat one, a noisy one in a cartoon folder and a noisy one named
+    like a val stamp: only the first is an unlabelled photo stamp for training."""
+    stamps = pathlib.Path(root) / "usr" / "share" / "tuxpaint" / "stamps"
+    rng = np.random.default_rng(0)
+    noisy = np.concatenate([rng.integers(0, 256, (130, 150, 3)), np.full((130, 150, 1), 255)], axis=2).astype(np.uint8)
+    flat = np.zeros_like(noisy)
+    flat[..., 1:] = 255
+    for path, pixels in (("extra/rock.png", noisy), ("extra/sign.png", flat), ("extra/cartoon/house.png", noisy),
+                         (f"extra/{val_word}_2.png", noisy)):
+        (stamps / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels, "RGBA").save(stamps / path)
+
+
+def test_pretraining_scenes_draw_every_photo_stamp_outside_the_held_out_classes(fake_tuxpaint):
+    from captum_ltx.datasets.tuxpaint_scenes import TuxpaintScenes, unlabelled_photo_stamps, _name_words
+
+    val_word = sorted(_name_words(split_assets("val", fake_tuxpaint)[0][0].path))[0]
+    _add_unlabelled_stamps(fake_tuxpaint, val_word)
+    assert [s.path for s in unlabelled_photo_stamps(fake_tuxpaint)] == ["extra/rock.png"]
+    scenes = TuxpaintScenes("train", length=40, size=64, seed=3, root=fake_tuxpaint)
+    held_out = {s.labels[0] for split in ("val", "test") for s in split_assets(split, fake_tuxpaint)[0]}
+    assert "extra/rock.png" in [s.path for s in scenes.stamps]
+    assert not {s.labels[0] for s in scenes.stamps if s.labels} & held_out
+    items = [scenes[i] for i in range(len(scenes))]
+    again = TuxpaintScenes("train", length=40, size=64, seed=3, root=fake_tuxpaint)[7]
+    assert torch.equal(items[7][0], again[0]) and torch.equal(items[7][2], again[2])
+    assert len({x.numpy().tobytes() for x, _, _ in items}) == len(items)  # distinct scenes
+    for image, label, mask in items:
+        assert image.shape == (3, 64, 64) and mask.shape == (64, 64) and mask.dtype == torch.bool and mask.any()
+        assert label == -1 or label not in held_out
+    assert {label for _, label, _ in items} - {-1}, "some scenes' largest object is a labelled stamp"
+    val = TuxpaintScenes("val", length=5, size=64, root=fake_tuxpaint)
+    assert all(s.labels and s.labels[0] in held_out for s in val.stamps)
+    with pytest.raises(ValueError, match="`objects`"):
+        TuxpaintScenes("train", objects=(0, 2), root=fake_tuxpaint)

@@ -37,7 +37,7 @@ def test_class_folders_give_labels_and_unreadable_files_are_skipped(tmp_path):
         image, label, mask = data[broken]
     assert image.shape == (3, 16, 16) and mask is None
     assert label == data.labels[(broken + 1) % len(data)]  # the next readable file stands in
-    assert len(data.skipped) == 1
+    assert len(data.skipped) == data.skipped_count == 1
 
 
 def test_flat_folders_are_unlabelled_and_splits_are_disjoint(tmp_path):
@@ -81,6 +81,11 @@ def test_a_folder_pretrains_an_explainer_with_the_models_transforms(tmp_path, mo
     with pytest.warns(UserWarning, match="skipped unreadable image"):
         cli.main(["pretrain", "--data", str(tmp_path / "images"), "--val-size", "1", "--batch-size", "2", "--epochs", "1",
                   "--target", "predicted", "--out", str(tmp_path / "again")])
+    printed = capsys.readouterr()
+    assert "unreadable images skipped so far: 1" in printed.out + printed.err
+    # read by a DataLoader worker process, the file is still counted in the main process's log
+    cli.main(["pretrain", "--data", str(tmp_path / "images"), "--val-size", "1", "--batch-size", "2", "--epochs", "1",
+              "--target", "predicted", "--num-workers", "1", "--out", str(tmp_path / "workers")])
     printed = capsys.readouterr()
     assert "unreadable images skipped so far: 1" in printed.out + printed.err
 

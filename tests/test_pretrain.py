@@ -139,3 +139,36 @@ def test_the_pretraining_objective_is_recorded_and_resumed(tmp_path):
     assert not torch.allclose(plain.head.weight, straight.head.weight)
     with pytest.raises(ValueError, match="other settings"):
         pretrain(model, data(), checkpoint_dir=tmp_path, **dict(settings, objective=LTXObjective()))
+
+
+def test_snapshots_along_one_run_record_images_and_distinct_targets(tmp_path):
+    from captum_ltx import PretrainingCfg
+
+    cfg = PretrainingCfg(epochs=2, batch_size=4, lr=5e-3, target="predicted", schedule="constant", warmup=0.0, snapshots=(8, 20))
+    model = tiny_cnn()
+    explainer = pretrain(model, data(), cfg=cfg, checkpoint_dir=tmp_path, progress=False)
+    assert explainer.config["training"]["schedule"] == "constant"
+    history = explainer.config["training"]["history"]
+    with torch.no_grad():
+        predicted = model(data().tensors[0]).argmax(1)
+    assert history[-1]["distinct_targets"] == len(set(predicted.tolist()))
+    for images in (8, 20):
+        snap = Explainer.load(tmp_path / "snapshots" / str(images), model)
+        assert snap.config["finetuning"]["objective"]["baseline"] == "mix"  # what LTX finetunes it with
+        assert snap.config["training"]["images"] == images
+        assert 1 <= snap.config["training"]["distinct_targets"] <= history[-1]["distinct_targets"]
+    final = Explainer.load(tmp_path / "last", model).state_dict()
+    assert any(not torch.equal(v, final[k]) for k, v in Explainer.load(tmp_path / "snapshots" / "8", model).state_dict().items())
+
+
+def test_keyword_settings_are_the_fields_of_the_settings_dataclass():
+    from captum_ltx import PretrainingCfg
+
+    with pytest.raises(TypeError, match="PretrainingCfg"):
+        pretrain(tiny_cnn(), data(), epoch=2)
+    with pytest.raises(ValueError, match="`schedule`"):
+        PretrainingCfg(schedule="cosine")
+    with pytest.raises(ValueError, match="`snapshots`"):
+        PretrainingCfg(snapshots=(0,))
+    with pytest.raises(TypeError, match="`cfg`"):
+        pretrain(tiny_cnn(), data(), cfg={"epochs": 1})

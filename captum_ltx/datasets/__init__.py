@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from .fashion_scenes import FashionScenes
 from .image_folder import ImageFolderData, image_folder_for
 from .tuxpaint import ImagesAndLabels, TuxpaintComposites
+from .tuxpaint_scenes import TuxpaintScenes
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
 
@@ -54,6 +55,10 @@ def _tuxpaint(model: nn.Module, split: str, **options: Any) -> Dataset:
     return TuxpaintComposites(split, **_as_model_takes(model), **options)
 
 
+@register_dataset("tuxpaint-scenes")
+def _tuxpaint_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
+    return TuxpaintScenes(split, **_as_model_takes(model), **options)
+
 
 @register_dataset("fashion-scenes")
 def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
@@ -61,4 +66,4 @@ def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
     return FashionScenes(split, **_as_model_takes(model), **options)
 
 
-__all__ = ["FashionScenes", "ImageFolderData", "ImagesAndLabels", "TuxpaintComposites", "available_datasets", "create_dataset", "register_dataset"]
+__all__ = ["FashionScenes", "ImageFolderData", "ImagesAndLabels", "TuxpaintComposites", "TuxpaintScenes", "available_datasets", "create_dataset", "register_dataset"]

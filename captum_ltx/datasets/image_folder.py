@@ -2,12 +2,14 @@
 
 Files are listed once and read lazily, one per item, through timm's transforms for the model (with
 its training augmentation for the train split), so a folder of 50,000 images never sits in memory.
-A file that cannot be read is replaced by the next readable one and counted in ``skipped``, with one
-warning per file: a corrupt image never stops an epoch.
+A file that cannot be read is replaced by the next readable one and counted, with one warning per
+file and process: a corrupt image never stops an epoch. The count (``skipped_count``) is shared with
+DataLoader worker processes, each of which counts the files it skipped.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from typing import Any, Callable
@@ -80,10 +82,16 @@ class ImageFolderData(Dataset):
         self.paths = [paths[i] for i in chosen]
         self.labels = [labels[i] for i in chosen]
         self.transform = transform
-        self.skipped: set[str] = set()
+        self.skipped: set[str] = set()  # by this process
+        self._skipped_count = multiprocessing.Value("l", 0)  # by every process reading this dataset
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def skipped_count(self) -> int:
+        """Unreadable files skipped so far, summed over the processes reading (a file once per process)."""
+        return self._skipped_count.value
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, None]:
         for k in range(len(self.paths)):
@@ -94,6 +102,8 @@ class ImageFolderData(Dataset):
             except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for truncated or foreign files
                 if self.paths[j] not in self.skipped:
                     self.skipped.add(self.paths[j])
+                    with self._skipped_count.get_lock():
+                        self._skipped_count.value += 1
                     warnings.warn(f"skipped unreadable image {self.paths[j]!r} ({e}); {len(self.skipped)} so far", stacklevel=2)
         raise ValueError(f"no image in the folder could be read ({len(self.skipped)} files tried)")
 
