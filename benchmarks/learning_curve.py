@@ -101,6 +101,7 @@ def write_report(args: argparse.Namespace, rows: list[dict], command: str) -> No
         "val images; intervals are in the benchmark folder's summary. Mean rank: over pLTX and LTX deletion, insertion "
         "and mIoU, among the snapshots.", "",
         f"Pretraining command: `captum-ltx {shlex.join(pretraining_command(args))}`", "",
+        held_out_share(args), "",
         head, "|" + "---|" * (head.count("|") - 1),
     ]
     for row in rows:
@@ -111,6 +112,18 @@ def write_report(args: argparse.Namespace, rows: list[dict], command: str) -> No
     with open(os.path.join(args.out, "curve.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     plot(rows, os.path.join(args.out, "curve.png"))
+
+
+def held_out_share(args: argparse.Namespace) -> str:
+    """How often the model predicted a val or test class on the training scenes (their stamps never are one)."""
+    from captum_ltx.datasets.tuxpaint import split_assets
+
+    with open(os.path.join(args.work, "pretraining", "state.json")) as f:
+        counts = {int(k): v for k, v in json.load(f)["target_counts"].items()}
+    held_out = {label for split in ("val", "test") for stamp in split_assets(split)[0] for label in stamp.labels}
+    share = sum(v for k, v in counts.items() if k in held_out) / sum(counts.values())
+    return (f"On the {sum(counts.values())} training scenes the model predicted {len(counts)} distinct classes; "
+            f"{share:.1%} of the scenes were predicted as one of the {len(held_out)} classes accepted for a val or test stamp.")
 
 
 def plot(rows: list[dict], path: str) -> None:

@@ -113,7 +113,7 @@ def explain(args: argparse.Namespace) -> None:
 
 
 def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
-    from .datasets import ImagesAndLabels, create_dataset
+    from .datasets import ImagesAndLabels, available_datasets, create_dataset
     from .objective import DEFAULT_PRETRAINING_OBJECTIVE
     from .pretrain import PretrainingCfg
     from .pretrain import pretrain as run_pretraining
@@ -133,7 +133,8 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`", str(e), count=1)) from None
     torch.manual_seed(args.seed)
     model = _model(args)
-    folder = {"val_size": args.val_size} if os.path.isdir(args.data) else {}  # held out of the same folder
+    is_folder = args.data not in available_datasets() and os.path.isdir(args.data)  # as create_dataset decides
+    folder = {"val_size": args.val_size} if is_folder else {}  # held out of the same folder
     train_size = args.train_size if args.train_size is not None or folder else 800
     train = ImagesAndLabels(create_dataset(args.data, model, "train", length=train_size, seed=args.seed, **folder))
     val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder))

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -488,6 +489,13 @@ def _transferred_config(path: Any, config: dict[str, Any], model: nn.Module) -> 
         raise ValueError(
             f"`path` {str(path)!r}: transfer needs the models to take the same normalisation; the explainer's "
             f"is {theirs}, the explained model's {[list(v) for v in ours]}"
+        )
+    if theirs is not None and ours is None:
+        warnings.warn(f"transfer of {str(path)!r}: the explained model records no normalisation; the explainer expects {theirs}", stacklevel=3)
+    classes = config.get("num_classes")  # a class-conditioned head has a row per class of the first model
+    if classes is not None and classes != getattr(model, "num_classes", classes):
+        raise ValueError(
+            f"`path` {str(path)!r}: its explainer reads the class ({classes} classes); the explained model has {model.num_classes}"
         )
     return dict(config, model=_model_record(model), transfer_from=config["model"])
 

@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -277,6 +278,8 @@ def pretrain(
     val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
     if len(train_set) == 0:
         raise ValueError("`train_data` is empty")
+    if cfg.snapshots and checkpoint_dir is None:
+        raise ValueError("`snapshots` are written under `checkpoint_dir`: give one")
     objective = _pretraining_objective(objective, mask_weight, counterfactual)
     run = _start(model, train_set, val_set, cfg, objective, explainer, explainer_options, normalization, checkpoint_dir, progress)
     if run.ckpt and resume and os.path.isfile(os.path.join(run.ckpt, STATE_NAME)):
@@ -343,6 +346,9 @@ def _start(
     steps_per_epoch = -(-(-(-len(train_set) // world)) // cfg.batch_size)  # DistributedSampler pads to equal shards
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
     settings = _recorded_settings(cfg, objective, world, len(train_set), len(val_set) if val_set is not None else 0)
+    total_images = cfg.epochs * -(-len(train_set) // world) * world
+    if any(n > total_images for n in cfg.snapshots):
+        warnings.warn(f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's {total_images} images; never written", stacklevel=3)
     run = _Run(cfg, model, explainer, net, objective, optimizer, scheduler, train_set, val_set,
                black_in_input_space(norm, first.unsqueeze(0).to(device)), device, settings,
                os.fspath(checkpoint_dir) if checkpoint_dir is not None else None, progress, rank, world)
@@ -358,8 +364,10 @@ def _resume(run: _Run) -> None:
             f"`checkpoint_dir` {run.ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
         )
     run.state = saved
-    run.state.setdefault("images", 0)  # runs from before the image count
-    run.seen_targets = collections.Counter({int(k): v for k, v in saved.get("target_counts", {}).items()})
+    # runs from before the image count: every finished epoch saw the (padded) data once
+    run.state.setdefault("images", saved["epoch"] * -(-len(run.train_set) // run.world) * run.world)
+    if run.rank == 0:  # the saved counts are over all processes: one holds them, or a later sum multiplies them
+        run.seen_targets = collections.Counter({int(k): v for k, v in saved.get("target_counts", {}).items()})
     run.explainer.load_state_dict(Explainer.load(os.path.join(run.ckpt, "last"), run.model).state_dict())
     _load_optimizer(run.optimizer, os.path.join(run.ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"])
     run.scheduler.load_state_dict(saved["scheduler"])
@@ -418,8 +426,9 @@ def _all_targets(run: _Run) -> collections.Counter:
 def _snapshot(run: _Run, images: int) -> None:
     """Writes the explainer after ``images`` training images, with how many classes they targeted."""
     distinct = len(_all_targets(run))
-    if run.ckpt and run.rank == 0:
+    if run.rank == 0:
         explainer = copy.deepcopy(run.explainer).cpu()
+        explainer.zero_grad(set_to_none=True)
         explainer.config["training"] = dict(run.settings, images=images, distinct_targets=distinct)
         _record_finetuning_objective(explainer, run.objective)
         explainer.save(os.path.join(run.ckpt, "snapshots", str(images)))
@@ -465,6 +474,7 @@ def _write_checkpoint(run: _Run) -> None:
 def _finished(run: _Run) -> Explainer:
     """The best epoch's explainer with its training record and the finetuning objective LTX will use."""
     explainer, state = run.explainer, run.state
+    run.optimizer.zero_grad(set_to_none=True)
     explainer.load_state_dict(run.best_state)
     explainer.config["training"] = dict(run.settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
     _record_finetuning_objective(explainer, run.objective)

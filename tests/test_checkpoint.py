@@ -281,6 +281,11 @@ def test_transfer_to_another_model_is_explicit_and_keeps_the_trained_weights(tmp
     Explainer.from_model(plain_cnn(), input_size=(3, IMAGE, IMAGE)).save(tmp_path / "plain")
     with pytest.raises(ValueError, match="architecture is not recorded"):
         Explainer.load(tmp_path / "plain", target, transfer=True)
+    # an explainer that reads the class has a row per class of the first model
+    Explainer.from_model(source, input_size=(3, IMAGE, IMAGE), num_classes=NUM_CLASSES).save(tmp_path / "classes")
+    other_classes = timm.create_model("test_resnet", num_classes=NUM_CLASSES + 1, output_stride=8).eval()
+    with pytest.raises(ValueError, match="reads the class"):
+        Explainer.load(tmp_path / "classes", other_classes, transfer=True)
 
 
 def test_transfer_across_normalisations_is_refused(tmp_path):

@@ -172,3 +172,5 @@ def test_keyword_settings_are_the_fields_of_the_settings_dataclass():
         PretrainingCfg(snapshots=(0,))
     with pytest.raises(TypeError, match="`cfg`"):
         pretrain(tiny_cnn(), data(), cfg={"epochs": 1})
+    with pytest.raises(ValueError, match="`checkpoint_dir`"):
+        pretrain(tiny_cnn(), data(), snapshots=(8,))

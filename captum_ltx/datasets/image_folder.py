@@ -3,8 +3,8 @@
 Files are listed once and read lazily, one per item, through timm's transforms for the model (with
 its training augmentation for the train split), so a folder of 50,000 images never sits in memory.
 A file that cannot be read is replaced by the next readable one and counted, with one warning per
-file and process: a corrupt image never stops an epoch. The count (``skipped_count``) is shared with
-DataLoader worker processes, each of which counts the files it skipped.
+file: a corrupt image never stops an epoch. The count (``skipped_count``) includes the files that
+DataLoader worker processes skipped.
 """
 
 from __future__ import annotations
@@ -83,15 +83,16 @@ class ImageFolderData(Dataset):
         self.labels = [labels[i] for i in chosen]
         self.transform = transform
         self.skipped: set[str] = set()  # by this process
-        self._skipped_count = multiprocessing.Value("l", 0)  # by every process reading this dataset
+        # one flag per file, shared with DataLoader workers (new ones each epoch): a file counts once
+        self._skipped_flags = multiprocessing.RawArray("b", len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @property
     def skipped_count(self) -> int:
-        """Unreadable files skipped so far, summed over the processes reading (a file once per process)."""
-        return self._skipped_count.value
+        """Distinct unreadable files skipped so far, by this process or any DataLoader worker."""
+        return int(np.frombuffer(self._skipped_flags, dtype=np.int8).sum())
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, None]:
         for k in range(len(self.paths)):
@@ -100,11 +101,10 @@ class ImageFolderData(Dataset):
                 with Image.open(self.paths[j]) as image:
                     return self.transform(image.convert("RGB")), self.labels[j], None
             except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for truncated or foreign files
-                if self.paths[j] not in self.skipped:
-                    self.skipped.add(self.paths[j])
-                    with self._skipped_count.get_lock():
-                        self._skipped_count.value += 1
-                    warnings.warn(f"skipped unreadable image {self.paths[j]!r} ({e}); {len(self.skipped)} so far", stacklevel=2)
+                self.skipped.add(self.paths[j])
+                if not self._skipped_flags[j]:
+                    self._skipped_flags[j] = 1
+                    warnings.warn(f"skipped unreadable image {self.paths[j]!r} ({e}); {self.skipped_count} so far", stacklevel=2)
         raise ValueError(f"no image in the folder could be read ({len(self.skipped)} files tried)")
 
 
