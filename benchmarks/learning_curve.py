@@ -74,7 +74,7 @@ def table(args: argparse.Namespace, val_dir: str) -> list[dict]:
             row.update(images=training["images"], classes=training["distinct_targets"])
         for method in ("pltx", "ltx"):
             for metric in COLUMNS:
-                values = [r["metrics"][metric] for r in records if r["method"] == f"{method}_{name}" and metric in r["metrics"]]
+                values = [r["metrics"][metric] for r in records if r["method"] == f"{method}_{name}={method}" and metric in r["metrics"]]
                 row[f"{method}.{metric}"] = float(np.mean(values)) if values else float("nan")
         rows.append(row)
     keys = [f"{m}.{k}" for m in ("pltx", "ltx") for k in RANKED]
@@ -139,7 +139,6 @@ def plot(rows: list[dict], path: str) -> None:
         for method, colour in (("pltx", "tab:blue"), ("ltx", "tab:orange")):
             ax.plot([r["images"] for r in snaps], [r[f"{method}.{metric}"] for r in snaps], "o-", color=colour, label=method)
             ax.axhline(shipped[f"{method}.{metric}"], color=colour, ls=":", label=f"{method}, shipped")
-        ax.set_xscale("log")
         ax.set_xlabel("pretraining images (distinct classes: " + ", ".join(str(r["classes"]) for r in snaps) + ")", fontsize=7)
         ax.set_title(f"{metric} ({'higher' if METRICS[metric][0] else 'lower'} is better)")
     axes[0].legend(fontsize=7)
