@@ -68,6 +68,11 @@ def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str, dr
     return logits.argmax(dim=1)
 
 
+def _shard_size(items: int, world: int) -> int:
+    """Items per process and epoch: DistributedSampler pads the data to equal shards."""
+    return -(-items // world)
+
+
 def _distributed() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -343,10 +348,10 @@ def _start(
     if world > 1:  # rank 0's initial weights are broadcast; hooked backbones leave the layers after the hook unused
         net = DistributedDataParallel(explainer, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
     optimizer = torch.optim.AdamW([p for p in explainer.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-(-(-len(train_set) // world)) // cfg.batch_size)  # DistributedSampler pads to equal shards
+    steps_per_epoch = -(-_shard_size(len(train_set), world) // cfg.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
     settings = _recorded_settings(cfg, objective, world, len(train_set), len(val_set) if val_set is not None else 0)
-    total_images = cfg.epochs * -(-len(train_set) // world) * world
+    total_images = cfg.epochs * _shard_size(len(train_set), world) * world
     if any(n > total_images for n in cfg.snapshots):
         warnings.warn(f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's {total_images} images; never written", stacklevel=3)
     run = _Run(cfg, model, explainer, net, objective, optimizer, scheduler, train_set, val_set,
@@ -365,7 +370,7 @@ def _resume(run: _Run) -> None:
         )
     run.state = saved
     # runs from before the image count: every finished epoch saw the (padded) data once
-    run.state.setdefault("images", saved["epoch"] * -(-len(run.train_set) // run.world) * run.world)
+    run.state.setdefault("images", saved["epoch"] * _shard_size(len(run.train_set), run.world) * run.world)
     if run.rank == 0:  # the saved counts are over all processes: one holds them, or a later sum multiplies them
         run.seen_targets = collections.Counter({int(k): v for k, v in saved.get("target_counts", {}).items()})
     run.explainer.load_state_dict(Explainer.load(os.path.join(run.ckpt, "last"), run.model).state_dict())

@@ -82,12 +82,17 @@ class ImageFolderData(Dataset):
         self.paths = [paths[i] for i in chosen]
         self.labels = [labels[i] for i in chosen]
         self.transform = transform
-        self.skipped: set[str] = set()  # by this process
         # one flag per file, shared with DataLoader workers (new ones each epoch): a file counts once
         self._skipped_flags = multiprocessing.RawArray("b", len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def skipped(self) -> set[str]:
+        """The unreadable files skipped so far, by this process or any DataLoader worker."""
+        flags = np.frombuffer(self._skipped_flags, dtype=np.int8)
+        return {self.paths[j] for j in np.flatnonzero(flags)}
 
     @property
     def skipped_count(self) -> int:
@@ -101,11 +106,10 @@ class ImageFolderData(Dataset):
                 with Image.open(self.paths[j]) as image:
                     return self.transform(image.convert("RGB")), self.labels[j], None
             except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for truncated or foreign files
-                self.skipped.add(self.paths[j])
                 if not self._skipped_flags[j]:
                     self._skipped_flags[j] = 1
                     warnings.warn(f"skipped unreadable image {self.paths[j]!r} ({e}); {self.skipped_count} so far", stacklevel=2)
-        raise ValueError(f"no image in the folder could be read ({len(self.skipped)} files tried)")
+        raise ValueError(f"no image in the folder could be read ({self.skipped_count} files tried)")
 
 
 def image_folder_for(model: nn.Module, root: str, split: str, **options: Any) -> ImageFolderData:
