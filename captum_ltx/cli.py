@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import methods as registry
+from ._distributed import join_torchrun_group, rank_and_world
 from .models import available_models, create_model
 
 # Cost settings of the slow methods on a CPU; the registry's defaults otherwise.
@@ -120,6 +121,8 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
 
     if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
         raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
+    if args.finetune_patience is not None and args.finetune_patience < 1:
+        raise SystemExit(f"`--finetune-patience` must be an int >= 1, got {args.finetune_patience}")
     objective = _objective(args.objective, "--objective", DEFAULT_PRETRAINING_OBJECTIVE.to_config(), mask_weight=args.mask_weight)
     _objective(args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight)  # refused before pretraining
     try:
@@ -128,7 +131,8 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         raise SystemExit(f"`--snapshots` must be comma-separated image counts, got {args.snapshots!r}") from None
     try:
         cfg = PretrainingCfg(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup=args.warmup, schedule=args.schedule,
-                             target=args.target, seed=args.seed, snapshots=snapshots, num_workers=args.num_workers)
+                             target=args.target, seed=args.seed, snapshots=snapshots, num_workers=args.num_workers,
+                             autocast=args.autocast)
     except ValueError as e:  # named as the option is spelled
         raise SystemExit(re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`", str(e), count=1)) from None
     torch.manual_seed(args.seed)
@@ -143,7 +147,8 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
     finetuning: dict[str, Any] = {k: v for k, v in (("lr", args.finetune_lr), ("backbone_lr", args.finetune_backbone_lr),
-                                                    ("finetune_steps", args.finetune_steps)) if v is not None}
+                                                    ("finetune_steps", args.finetune_steps), ("finetune", args.finetune_part),
+                                                    ("patience", args.finetune_patience)) if v is not None}
     recorded = explainer.config.setdefault("finetuning", {})  # LTX(model, checkpoint) uses these unless told otherwise
     recorded.update(finetuning)
     if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:  # over pretrain()'s default
@@ -172,8 +177,9 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
         model, samples, plan, args.out, model_name=args.model, track=args.track, rise_steps=args.rise_steps,
         sanity=not args.no_sanity, sanity_limit=args.sanity_limit, resume=not args.restart,
     )
-    summarise(args.out, command=" ".join(shlex.quote(a) for a in argv))
-    print(open(summary).read())
+    if rank_and_world()[0] == 0:
+        summarise(args.out, command=" ".join(shlex.quote(a) for a in argv))
+        print(open(summary).read())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=None, help="finetuning lr recorded in the checkpoint for LTX to use")
     p.add_argument("--finetune-mask-weight", type=float, default=None, help="finetuning mask weight recorded in the checkpoint")
     p.add_argument("--finetune-steps", type=int, default=None, help="finetuning steps per image recorded in the checkpoint")
+    p.add_argument("--autocast", action="store_true", help="pretrain under torch.autocast in bfloat16 (for GPUs)")
+    p.add_argument("--finetune-part", choices=["all", "head"], default=None, help="explainer parts finetuned per image, recorded in the checkpoint")
+    p.add_argument("--finetune-patience", type=int, default=None, help="finetuning stops once the objective has not improved for this many steps (recorded)")
     p.add_argument("--target", default="predicted", choices=("predicted", "label", "sampled"),
                    help="class each training image is explained for; 'sampled' draws it from the model's softmax")
     p.add_argument("--explainer-options", default="{}", help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}')
@@ -234,6 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if args.command in ("pretrain", "benchmark"):  # under torchrun: one process per GPU (or CPU share)
+        local_rank = join_torchrun_group()
+        if args.device == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            args.device = f"cuda:{local_rank}"
     if args.command == "explain":
         explain(args)
     elif args.command == "pretrain":

@@ -355,17 +355,32 @@ class Explainer(nn.Module):
     # -- forward ------------------------------------------------------------------------------------
 
     def forward(
-        self, x: Tensor, *additional_forward_args: Any, target: Tensor | None = None, return_low_res: bool = False
+        self,
+        x: Tensor,
+        *additional_forward_args: Any,
+        target: Tensor | None = None,
+        return_low_res: bool = False,
+        features: tuple[Tensor, list[Tensor]] | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Returns the mask (B, 1, H, W) in [0, 1], and with ``return_low_res`` also the (B, 1, h, w) mask.
 
         ``additional_forward_args`` reach a backbone that is a whole copied model (features read by a
         hook), for models that take more than the image. ``target`` (any Captum class form): needed by
-        a class-conditioned explainer, ignored by a class-blind one.
+        a class-conditioned explainer, ignored by a class-blind one. ``features``: :meth:`features` of
+        ``x``, computed before, so that only the head runs (finetuning the head alone).
         """
-        features = self.config["features"]
-        raw, fines = _read_features(self.backbone, features, x, *additional_forward_args)
-        grid = self.norm(_feature_grid(raw, x.shape[-2:], features))
+        raw, fines = self.features(x, *additional_forward_args) if features is None else features
+        return self.mask_from_features(raw, fines, x.shape[-2:], target=target, return_low_res=return_low_res)
+
+    def features(self, x: Tensor, *additional_forward_args: Any) -> tuple[Tensor, list[Tensor]]:
+        """The backbone's outputs that the head reads: the main features and the finer maps."""
+        return _read_features(self.backbone, self.config["features"], x, *additional_forward_args)
+
+    def mask_from_features(
+        self, raw: Tensor, fines: list[Tensor], image_size: Any, *, target: Tensor | None = None, return_low_res: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The head's part of :meth:`forward`, on :meth:`features`' outputs."""
+        grid = self.norm(_feature_grid(raw, image_size, self.config["features"]))
         if self.class_offset is not None:
             classes = self.class_offset.shape[0]
             if target is None:
@@ -376,7 +391,7 @@ class Explainer(nn.Module):
         for fine_head, fine in zip(self.fine_heads, fines):
             logits = F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False) + fine_head(fine)
         low_res = torch.sigmoid(logits)
-        mask = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        mask = F.interpolate(low_res, size=tuple(image_size), mode="bilinear", align_corners=False)
         return (mask, low_res) if return_low_res else mask
 
     def train(self, mode: bool = True) -> "Explainer":

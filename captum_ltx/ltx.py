@@ -26,7 +26,7 @@ from ._validation import (
 )
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
-from .objective import DEFAULT_FINETUNING_OBJECTIVE, DEFAULT_MASK_WEIGHT, LTXObjective, blurred
+from .objective import DEFAULT_FINETUNING_OBJECTIVE, LTXObjective, blurred
 
 DEFAULT_LR = 2e-3
 FRESH_HEAD_STEP = 1.0
@@ -44,7 +44,8 @@ class LTXAttribution(Attribution):
     (:class:`~captum_ltx.LTXObjective`; by default ``CE(f(x * m + b * (1 - m)), c) + mask_weight * mean(m)``)
     on the explained image alone, starting
     from the same weights for every image, so instances in a batch are explained independently and a
-    batch gives the maps its images would give one by one. ``finetune_steps=0`` is pLTX, one forward
+    batch gives the maps its images would give one by one (it may finetune them together:
+    ``batch_size``). ``finetune_steps=0`` is pLTX, one forward
     of the pretrained explainer. The explained model is run in eval mode and left as it was found; the
     explainer given is never changed (a working copy is reset from it for every image).
 
@@ -88,8 +89,18 @@ class LTXAttribution(Attribution):
         normalization (tuple, optional): (mean, std) of the model's inputs. Default: the model's timm
             ``pretrained_cfg``, else the explainer checkpoint's, else none (inputs in pixel space).
         selection (str): ``"loss"``, ``"last"``, ``"mean"`` or ``"pos_auc"``.
-        finetune (str): explainer parts trained per image: ``"all"`` (reference) or ``"head"``.
+        finetune (str, optional): explainer parts trained per image: ``"all"`` (reference) or
+            ``"head"`` (the backbone's features computed once per image, no backward through it).
+            Default: the checkpoint's record, else ``"all"``.
         pos_auc_early_stop (float): early-stop threshold of ``"pos_auc"`` (reference: 6.0).
+        patience (int, optional): stop an image's finetuning once its objective has not improved for
+            this many steps. Default: the checkpoint's record, else never.
+        batch_size (int, optional): images finetuned together, each with its own copy of the trained
+            parameters and optimiser state (the same maps as one by one, up to rounding); a call's
+            images go in chunks of this size, which bounds the copies held at once. Default: 32 on
+            CUDA, 1 on CPU.
+        autocast (bool): finetune under ``torch.autocast`` in bfloat16 on the inputs' device (for
+            GPUs; maps come back in the inputs' dtype). Default ``False``.
         explainer_options (dict, optional): :meth:`Explainer.from_model` options of a fresh head.
         transfer (bool): ``explainer`` (a checkpoint path) was made for another model; explain this
             one with it, finetuned against this model (:meth:`Explainer.load` with ``transfer=True``).
@@ -117,10 +128,13 @@ class LTXAttribution(Attribution):
         backbone_lr: float | None = None,
         normalization: Any = None,
         selection: str = "loss",
-        finetune: str = "all",
+        finetune: str | None = None,
         pos_auc_early_stop: float = 6.0,
         explainer_options: dict[str, Any] | None = None,
         transfer: bool = False,
+        patience: int | None = None,
+        batch_size: int | None = None,
+        autocast: bool = False,
     ) -> None:
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
@@ -130,8 +144,11 @@ class LTXAttribution(Attribution):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         self.weight_decay = float(weight_decay)
         self.selection = check_choice(selection, "selection", SELECTIONS)
-        self.finetune = check_choice(finetune, "finetune", FINETUNED_PARTS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
+        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        if not isinstance(autocast, bool):
+            raise TypeError(f"`autocast` must be a bool, got {type(autocast).__name__}")
+        self.autocast = autocast
         self._explainer_options = dict(explainer_options or {})
 
         if explainer is None:
@@ -152,6 +169,9 @@ class LTXAttribution(Attribution):
         self.backbone_lr: float | None = None
         if self.explainer is not None:
             self._resolve_rates(self.explainer)
+        self.finetune = check_choice(finetune if finetune is not None else chosen.get("finetune", "all"), "finetune", FINETUNED_PARTS)
+        patience = patience if patience is not None else chosen.get("patience")
+        self.patience = None if patience is None else check_positive_int(patience, "patience")
         self.finetune_steps = check_positive_int(
             finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
             "finetune_steps", allow_zero=True)
@@ -231,17 +251,18 @@ class LTXAttribution(Attribution):
                 with torch.no_grad():
                     mask = work(x, *args, target=targets)
             else:
+                size = self.batch_size or _default_batch_size(x)
                 mask = torch.cat([
                     self._finetune(
                         work,
-                        x[i : i + 1],
-                        targets[i : i + 1],
-                        fill[i : i + 1] if fill.dim() == 4 and fill.shape[0] == batch else fill,
-                        select_rows(args, slice(i, i + 1), batch),
+                        x[rows],
+                        targets[rows],
+                        fill[rows] if fill.dim() == 4 and fill.shape[0] == batch else fill,
+                        select_rows(args, rows, batch),
                         steps,
                         objective,
                     )
-                    for i in range(batch)
+                    for rows in (slice(i, i + size) for i in range(0, batch, size))
                 ])
         attributions = mask.detach().to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
@@ -283,45 +304,131 @@ class LTXAttribution(Attribution):
     def _finetune(
         self, work: Explainer, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...], steps: int, objective: LTXObjective
     ) -> Tensor:
-        work.load_state_dict(self.explainer.state_dict())
-        head = [p for n, p in work.named_parameters() if not n.startswith("backbone.")]
-        groups: list[dict[str, Any]] = [{"params": head, "lr": self.lr}]
+        """Finetunes one copy of the explainer's trained parameters per image of ``x``, all together.
+
+        AdamW is elementwise, so one optimiser over parameters stacked along a new first dimension
+        makes the very updates that one optimiser per image would; the images meet only in the
+        explained model's forward, which in eval mode treats each row on its own.
+        """
+        n = x.shape[0]
+        trained = {name: p for name, p in work.named_parameters() if self.finetune == "all" or not name.startswith("backbone.")}
+        copies = {name: p.detach().unsqueeze(0).repeat(n, *([1] * p.dim())).requires_grad_(True) for name, p in trained.items()}
+        groups = [{"params": [p for name, p in copies.items() if not name.startswith("backbone.")], "lr": self.lr}]
         if self.finetune == "all":
-            groups.append({"params": list(work.backbone.parameters()), "lr": self.backbone_lr})
+            groups.append({"params": [p for name, p in copies.items() if name.startswith("backbone.")], "lr": self.backbone_lr})
         params = [p for g in groups for p in g["params"]]
-        for p in params:
-            p.requires_grad_(True)
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay)
-        best_mask, best_score = None, math.inf
-        mask_sum = 0.0
+        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, **_fastest_adamw(x))
         blur = blurred(x) if objective.baseline in ("blur", "mix") else None
+        features = None
+        if self.finetune == "head":  # the backbone is fixed: its features once per image, no backward through it
+            with torch.no_grad(), self._precision(x):
+                features = work.features(x, *args)
+        path = _FinetuningPath(self.selection, n, self.patience, self.pos_auc_early_stop)
         with torch.enable_grad():
             for step in range(steps + 1):
-                mask, low_res = work(x, *args, target=target, return_low_res=True)
-                loss = objective(self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur).sum()
-                if self.selection == "mean":
-                    mask_sum = mask_sum + mask.detach()
-                score = self._selection_score(step, loss, mask, x, target, fill, args)
-                if score < best_score:
-                    best_mask, best_score = mask.detach(), score
-                if step == steps or (self.selection == "pos_auc" and score < self.pos_auc_early_stop):
+                with self._precision(x):
+                    mask, low_res = self._masks(work, copies, x, target, args, features)
+                    losses = objective(self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur)
+                mask = mask.to(x.dtype)
+                score = self._pos_auc(mask, x, target, fill, args) if self.selection == "pos_auc" else losses.detach()
+                path.see(mask.detach(), losses.detach(), score)
+                if step == steps or path.finished:
                     break
                 # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
-                for p, g in zip(params, torch.autograd.grad(loss, params, allow_unused=True)):
+                for p, g in zip(params, torch.autograd.grad(losses.sum(), params, allow_unused=True)):
                     p.grad = g
                 optimizer.step()
-        return mask_sum / (step + 1) if self.selection == "mean" else best_mask
+        return path.result()
 
-    def _selection_score(
-        self, step: int, loss: Tensor, mask: Tensor, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]
-    ) -> float:
-        if self.selection == "loss":
-            return loss.item()
-        if self.selection in ("last", "mean"):
-            return -step
+    @staticmethod
+    def _masks(
+        work: Explainer, copies: dict[str, Tensor], x: Tensor, target: Tensor, args: tuple[Any, ...],
+        features: tuple[Tensor, list[Tensor]] | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Each image's mask from its own copy of the trained parameters."""
+        n = x.shape[0]
+        masks = []
+        for i in range(n):
+            own = {name: p[i] for name, p in copies.items()}
+            row_features = None if features is None else (features[0][i : i + 1], [f[i : i + 1] for f in features[1]])
+            masks.append(torch.func.functional_call(
+                work, own, (x[i : i + 1], *select_rows(args, slice(i, i + 1), n)),
+                {"target": target[i : i + 1], "return_low_res": True, "features": row_features},
+            ))
+        return torch.cat([m for m, _ in masks]), torch.cat([low for _, low in masks])
+
+    def _precision(self, x: Tensor) -> Any:
+        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.autocast)
+
+    def _pos_auc(self, mask: Tensor, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]) -> Tensor:
         return perturbation_auc(
             self.forward_func, x, mask.detach(), target, order="positive", baseline=fill, additional_forward_args=args or None
-        ).item()
+        )
 
+
+def _default_batch_size(x: Tensor) -> int:
+    """Images finetuned together unless ``batch_size`` says: on a GPU a batch fills the device; on a
+    CPU the work is compute-bound and batching gains little (benchmarks/speed.py)."""
+    return 32 if x.device.type == "cuda" else 1
+
+
+def _fastest_adamw(x: Tensor) -> dict[str, bool]:
+    """AdamW's fused kernel where torch has one (3.8x the for-loop's step on CPU, issue 21); the same
+    arithmetic per element, so it changes no result beyond rounding."""
+    return {"fused": True} if x.device.type in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float64) else {}
+
+
+class _FinetuningPath:
+    """Per image, the mask chosen among those seen along finetuning, and whether its finetuning stopped.
+
+    An image stops when ``selection="pos_auc"`` sees a score below ``pos_auc_early_stop``, or when its
+    objective has not improved for ``patience`` steps; what it is given after that is never looked at,
+    so an image finetuned among others gets the mask it would get alone.
+    """
+
+    def __init__(self, selection: str, n: int, patience: int | None, pos_auc_early_stop: float) -> None:
+        self.selection, self.patience, self.pos_auc_early_stop = selection, patience, pos_auc_early_stop
+        self.active = torch.ones(n, dtype=torch.bool)
+        self.best_score = torch.full((n,), math.inf, dtype=torch.float64)
+        self.best_loss = torch.full((n,), math.inf, dtype=torch.float64)
+        self.since_best_loss = torch.zeros(n, dtype=torch.long)
+        self.seen = torch.zeros(n, dtype=torch.long)
+        self.chosen: Tensor | None = None
+        self.mask_sum: Tensor | None = None
+
+    def see(self, mask: Tensor, loss: Tensor, score: Tensor) -> None:
+        active = self.active
+        loss, score = loss.double().cpu(), score.double().cpu()
+        if self.selection in ("loss", "pos_auc"):
+            take = active & (score < self.best_score)
+            self.best_score = torch.where(take, score, self.best_score)
+        else:  # "last", and "mean" keeps the last too for its shape
+            take = active
+        rows = take.to(mask.device).view(-1, *([1] * (mask.dim() - 1)))
+        self.chosen = mask.clone() if self.chosen is None else torch.where(rows, mask, self.chosen)
+        if self.selection == "mean":
+            kept = active.to(mask.device).view_as(rows)
+            self.mask_sum = torch.where(kept, mask, 0) + (0 if self.mask_sum is None else self.mask_sum)
+        self.seen += active.long()
+        improved = loss < self.best_loss
+        self.best_loss = torch.where(active & improved, loss, self.best_loss)
+        self.since_best_loss = torch.where(improved, 0, self.since_best_loss + 1)
+        stop = torch.zeros_like(active)
+        if self.patience is not None:
+            stop |= self.since_best_loss >= self.patience
+        if self.selection == "pos_auc":
+            stop |= score < self.pos_auc_early_stop
+        self.active = active & ~stop
+
+    @property
+    def finished(self) -> bool:
+        return not bool(self.active.any())
+
+    def result(self) -> Tensor:
+        assert self.chosen is not None
+        if self.selection == "mean":
+            assert self.mask_sum is not None
+            return self.mask_sum / self.seen.to(self.mask_sum).view(-1, *([1] * (self.mask_sum.dim() - 1)))
+        return self.chosen
 
 LTX = LTXAttribution

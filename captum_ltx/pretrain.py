@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from ._distributed import rank_and_world
 from ._model import black_in_input_space, check_normalization, eval_mode, frozen_parameters, normalization_of
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
@@ -73,12 +74,6 @@ def _shard_size(items: int, world: int) -> int:
     return -(-items // world)
 
 
-def _distributed() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> list[dict[str, Any]]:
     from safetensors.torch import save_file
 
@@ -113,7 +108,7 @@ def validation_pos_auc(
     model: nn.Module, explainer: Explainer, data: Dataset, *, batch_size: int, target: str, fill: Tensor | None = None, device: Any = None
 ) -> float:
     """Mean positive-perturbation AUC (accuracy, lower is better) of the explainer's masks on ``data``."""
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     loader = DataLoader(data, batch_size=batch_size, shuffle=False, sampler=DistributedSampler(data, shuffle=False) if world > 1 else None)
     total = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
@@ -145,6 +140,8 @@ class PretrainingCfg:
         snapshots (tuple): numbers of training images after which the explainer is also written to
             ``checkpoint_dir/snapshots/<images>/``, for a learning curve from one run.
         num_workers (int): DataLoader worker processes (not recorded: they do not change the result).
+        autocast (bool): run the forward passes under ``torch.autocast`` in bfloat16 on the data's
+            device (for GPUs; weights and optimiser stay in float32). Recorded when set.
     """
 
     epochs: int = 10
@@ -157,8 +154,11 @@ class PretrainingCfg:
     seed: int = 0
     snapshots: tuple[int, ...] = ()
     num_workers: int = 0
+    autocast: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.autocast, bool):
+            raise TypeError(f"`autocast` must be a bool, got {type(self.autocast).__name__}")
         check_positive_int(self.epochs, "epochs")
         check_positive_int(self.batch_size, "batch_size")
         check_choice(self.target, "target", ("label", "predicted", "sampled"))
@@ -177,6 +177,8 @@ class PretrainingCfg:
             recorded["schedule"] = self.schedule
         if self.snapshots:
             recorded["snapshots"] = list(self.snapshots)
+        if self.autocast:
+            recorded["autocast"] = "bfloat16"
         return recorded
 
 
@@ -339,7 +341,7 @@ def _start(
     model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: PretrainingCfg, objective: LTXObjective,
     explainer: Explainer | None, explainer_options: dict[str, Any] | None, normalization: Any, checkpoint_dir: Any, progress: bool,
 ) -> _Run:
-    rank, world = _distributed()
+    rank, world = rank_and_world()
     device = next(model.parameters()).device
     norm = check_normalization(normalization) if normalization is not None else normalization_of(model)
     first, _ = _split_batch(train_set[0])
@@ -404,8 +406,9 @@ def _train_epoch(run: _Run, epoch: int) -> float:
 
 def _train_step(run: _Run, x: Tensor, labels: Tensor | None, draw: int) -> float:
     t = _targets(run.model, x, labels, run.cfg.target, draw=draw)
-    mask, low_res = run.net(x, target=t, return_low_res=True)
-    loss = run.objective(run.model, x, mask, low_res, t, run.fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=run.cfg.autocast):
+        mask, low_res = run.net(x, target=t, return_low_res=True)
+        loss = run.objective(run.model, x, mask, low_res, t, run.fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()  # the model's parameters are frozen for the run: nothing reaches its .grad
     run.optimizer.step()

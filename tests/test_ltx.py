@@ -1,9 +1,11 @@
+import math
+
 import pytest
 import torch
 from captum.attr import NoiseTunnel
 from captum.metrics import sensitivity_max
 
-from captum_ltx import LTX, LTXAttribution
+from captum_ltx import LTX, Explainer, LTXAttribution
 from conftest import IMAGE, NUM_CLASSES, assert_unchanged, snapshot, tiny_cnn, tiny_vit
 
 STEPS = 3
@@ -184,3 +186,78 @@ def test_every_objective_setting_and_the_multi_stride_head_leave_the_model_uncha
     attr = ltx.attribute(images[:2], target=1)
     assert_unchanged(before, model)
     assert attr.shape == images[:2].shape and 0 <= attr.min() <= attr.max() <= 1
+
+
+def _spread_explainer(make, dtype):
+    """A model and an explainer whose finetuned masks differ from image to image."""
+    model = make()
+    explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE)).to(dtype)
+    return model.to(dtype), explainer
+
+
+@pytest.mark.parametrize("finetune", ["all", "head"])
+@pytest.mark.parametrize("selection", ["loss", "mean", "pos_auc"])
+def test_batched_finetuning_equals_one_by_one_in_float64(finetune, selection):
+    model, explainer = _spread_explainer(tiny_vit, torch.float64)
+    x = torch.randn(4, 3, IMAGE, IMAGE, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    options = dict(finetune_steps=6, finetune=finetune, selection=selection, lr=1e-2, patience=2, pos_auc_early_stop=60.0)
+    one = LTX(model, explainer, batch_size=1, **options).attribute(x, target=[0, 1, 2, 3])
+    together = LTX(model, explainer, batch_size=3, **options).attribute(x, target=[0, 1, 2, 3])
+    assert one.std() > 1e-3  # masks that finetuning moved, not one constant
+    assert (together - one).abs().max() <= 1e-10
+
+
+def test_batched_finetuning_in_float32_within_the_one_by_one_spread():
+    model, explainer = _spread_explainer(tiny_vit, torch.float32)
+    x = torch.randn(4, 3, IMAGE, IMAGE, generator=torch.Generator().manual_seed(3))
+    nudged = torch.nextafter(x, torch.full_like(x, math.inf))  # every input one ulp up
+    options = dict(finetune_steps=25, lr=1e-2)
+    one = LTX(model, explainer, batch_size=1, **options)
+    spread = (one.attribute(x, target=1) - one.attribute(nudged, target=1)).abs().max()
+    together = LTX(model, explainer, batch_size=4, **options).attribute(x, target=1)
+    assert (together - one.attribute(x, target=1)).abs().max() <= max(2 * spread.item(), 1e-6)
+
+
+def test_patience_stops_an_image_whose_objective_stalls(images):
+    model = tiny_cnn()
+    ltx = LTX(model, finetune_steps=0)
+    pltx = ltx.attribute(images[:2], target=1)
+    calls = []
+
+    def counted(x):
+        calls.append(x.shape[0])
+        return model(x)
+
+    # lr 0: the objective never improves after step 0, so each image stops after `patience` more steps
+    stalled = LTX(counted, ltx.explainer, finetune_steps=20, lr=0.0, weight_decay=0.0, patience=3, batch_size=1)
+    calls.clear()
+    torch.testing.assert_close(stalled.attribute(images[:2], target=1), pltx)
+    # one forward for the class count, then per image 1 + 3 objectives (black and blur in one forward)
+    assert len(calls) == 1 + 2 * (1 + 3)
+
+
+def test_finetuning_settings_recorded_in_the_checkpoint_are_used(tmp_path, images):
+    ltx = LTX(tiny_cnn(), finetune_steps=0)
+    ltx.attribute(images[:1], target=1)
+    ltx.explainer.config["finetuning"] = {"finetune": "head", "patience": 2, "finetune_steps": 4, "lr": 1e-3}
+    ltx.explainer.save(tmp_path / "ckpt")
+    loaded = LTX(ltx.forward_func, str(tmp_path / "ckpt"))
+    assert (loaded.finetune, loaded.patience, loaded.finetune_steps, loaded.lr) == ("head", 2, 4, 1e-3)
+    assert LTX(ltx.forward_func, str(tmp_path / "ckpt"), finetune="all", patience=None).finetune == "all"
+
+
+def test_bfloat16_autocast_gives_maps_near_float32(images):
+    model = tiny_cnn()
+    before = snapshot(model)
+    exact = LTX(model, finetune_steps=STEPS).attribute(images, target=1)
+    ltx = LTX(model, finetune_steps=STEPS, autocast=True)
+    fast = ltx.attribute(images, target=1)
+    assert_unchanged(before, model)
+    assert fast.dtype == images.dtype and torch.isfinite(fast).all()
+    assert (fast - exact).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("name, value", [("batch_size", 0), ("patience", 0), ("patience", 1.5), ("autocast", "yes")])
+def test_finetuning_options_are_checked(name, value):
+    with pytest.raises((ValueError, TypeError), match=name):
+        LTX(tiny_cnn(), **{name: value})

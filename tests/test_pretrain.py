@@ -174,3 +174,20 @@ def test_keyword_settings_are_the_fields_of_the_settings_dataclass():
         pretrain(tiny_cnn(), data(), cfg={"epochs": 1})
     with pytest.raises(ValueError, match="`checkpoint_dir`"):
         pretrain(tiny_cnn(), data(), snapshots=(8,))
+
+
+def test_bfloat16_autocast_pretraining_is_recorded_and_learns_near_float32(tmp_path):
+    from captum_ltx import PretrainingCfg
+
+    settings = dict(epochs=1, batch_size=4, lr=5e-3, target="predicted", warmup=0.0)
+    model = tiny_cnn()
+    before = snapshot(model)
+    exact = pretrain(model, data(), cfg=PretrainingCfg(**settings), checkpoint_dir=tmp_path / "fp32", progress=False)
+    fast = pretrain(model, data(), cfg=PretrainingCfg(**settings, autocast=True), checkpoint_dir=tmp_path / "bf16", progress=False)
+    assert_unchanged(before, model)
+    assert fast.config["training"]["autocast"] == "bfloat16" and "autocast" not in exact.config["training"]
+    assert all(v.dtype == exact.state_dict()[k].dtype for k, v in fast.state_dict().items())  # weights stay float32
+    moved = [(fast.state_dict()[k] - v).abs().max().item() for k, v in exact.state_dict().items() if v.is_floating_point()]
+    assert 0 < max(moved) < 0.05
+    with pytest.raises(TypeError, match="`autocast`"):
+        PretrainingCfg(autocast="bf16")
