@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Any, Callable
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from ._model import target_score
@@ -107,17 +109,19 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module, name: str = "layer")
 class StageRunner:
     """Runs a CNN from the output of one of its stages, with that output replaced by given values.
 
-    Only what follows the stage is worth computing, so the front of the network runs on a small
-    stand-in image and the stage's output is swapped for the given tensor. This is exact when the
-    stage's output alone determines the logits (true of the stage-by-stage timm CNNs); it is checked
-    once per stage against a normal forward pass, falling back to a full-size stand-in, and refused
-    with an error if the layer does not separate the network.
+    Only what follows the stage is worth computing. Where ``torch.fx`` can trace the model, the part
+    after the stage becomes a function of the stage's output alone (as the authors' code runs it);
+    otherwise the front of the network runs on a small stand-in image and the stage's output is
+    swapped for the given tensor. Either is exact only when the stage's output alone determines the
+    logits (true of the stage-by-stage timm and torchvision CNNs); that is checked once per stage
+    against a normal forward pass, trying the traced tail, then a small, then a full-size stand-in,
+    and refused with an error if the layer does not separate the network.
     """
 
     def __init__(self, model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> None:
         self.model, self.x, self.args = model, x, args
         small = min(64, x.shape[-2]), min(64, x.shape[-1])
-        self.sizes: dict[str, tuple[int, int]] = {}
+        self.runs: dict[tuple[str, str | None], Callable[..., Tensor]] = {}
         self.candidates = [small, tuple(x.shape[-2:])]
 
     def capture(self, x: Tensor, layers: list[str], args: tuple[Any, ...]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -135,42 +139,112 @@ class StageRunner:
 
     def run_from(self, layer: str, value: Tensor, args: tuple[Any, ...], capture: str | None = None) -> tuple[Tensor, Tensor | None]:
         """Logits with ``layer``'s output replaced by ``value`` (and ``capture``'s output, if named)."""
-        if layer not in self.sizes:
-            self.sizes[layer] = self._separating_size(layer)
-        return self._run(layer, value, args, capture, self.sizes[layer])
-
-    def _run(self, layer: str, value: Tensor, args: tuple[Any, ...], capture: str | None, size: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
-        stand_in = torch.zeros(value.shape[0], *self.x.shape[1:2], *size, device=value.device, dtype=value.dtype)
+        if (layer, capture) not in self.runs:
+            self.runs[layer, capture] = self._separating_run(layer, capture)
         captured: list[Tensor] = []
-        handles = [self.model.get_submodule(layer).register_forward_hook(lambda _m, _i, _out: value)]
+        handles = []
         if capture is not None:
             handles.append(self.model.get_submodule(capture).register_forward_hook(lambda _m, _i, out: captured.append(out)))
         try:
-            logits = self.model(stand_in, *args)
+            logits = self.runs[layer, capture](value, args)
         finally:
             for h in handles:
                 h.remove()
         return logits, (captured[-1] if captured else None)
 
+    def _stand_in(self, layer: str, size: tuple[int, int]) -> Callable[..., Tensor]:
+        def run(value: Tensor, args: tuple[Any, ...]) -> Tensor:
+            stand_in = torch.zeros(value.shape[0], *self.x.shape[1:2], *size, device=value.device, dtype=value.dtype)
+            handle = self.model.get_submodule(layer).register_forward_hook(lambda _m, _i, _out: value)
+            try:
+                return self.model(stand_in, *args)
+            finally:
+                handle.remove()
+
+        return run
+
     def separates(self, layer: str) -> bool:
-        """Whether ``layer``'s output alone determines the logits (the size it needs is remembered)."""
+        """Whether ``layer``'s output alone determines the logits (how to run from it is remembered)."""
         try:
-            self.sizes[layer] = self._separating_size(layer)
+            self.runs[layer, None] = self._separating_run(layer, None)
         except ValueError:
             return False
         return True
 
-    def _separating_size(self, layer: str) -> tuple[int, int]:
+    def _separating_run(self, layer: str, capture: str | None) -> Callable[..., Tensor]:
         with torch.no_grad():
             expected, outputs = self.capture(self.x, [layer], self.args)
-            for size in self.candidates:
+            tail = traced_tail(self.model, layer, [capture] if capture else [], len(self.args))
+            runs = ([tail] if tail is not None else []) + [self._stand_in(layer, size) for size in self.candidates]
+            for run in runs:
                 try:
-                    logits, _ = self._run(layer, outputs[layer], self.args, None, size)  # type: ignore[arg-type]
+                    logits = run(outputs[layer], self.args)
                 except RuntimeError:
                     continue
                 if torch.allclose(logits, expected, rtol=1e-4, atol=1e-4 * (1 + expected.abs().max().item())):
-                    return size
+                    return run
         raise ValueError(f"layer {layer!r} does not separate the model: its output alone does not determine the logits")
+
+
+class _StageTracer(torch.fx.Tracer):
+    """fx's tracer, keeping the named stages whole so that the graph has one node per stage, and the
+    modules and functions timm marks as untraceable (size-dependent "same" padding) as single calls."""
+
+    def __init__(self, stages: set[str]) -> None:
+        try:
+            from timm.layers import get_notrace_functions, get_notrace_modules
+
+            functions, self.opaque = tuple(get_notrace_functions()), tuple(get_notrace_modules())
+        except ImportError:
+            functions, self.opaque = (), ()
+        super().__init__(autowrap_functions=functions)
+        self.stages = stages
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return (
+            module_qualified_name in self.stages or isinstance(m, self.opaque) or super().is_leaf_module(m, module_qualified_name)
+        )
+
+
+def traced_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) -> Callable[..., Tensor] | None:
+    """The model after ``layer`` as a function ``(value, args) -> logits``, traced by ``torch.fx``, or
+    ``None`` when the model cannot be traced or the image itself reaches past ``layer`` (a skip
+    around it). The traced graph calls the model's own submodules, so their weights and hooks are the
+    model's; ``keep`` names modules to keep whole (to hook their outputs)."""
+    key = (layer, tuple(keep), num_args)
+    cache = _TAILS.setdefault(model, {})
+    if key not in cache:
+        cache[key] = _trace_tail(model, layer, keep, num_args)
+    return cache[key]
+
+
+# traced once per model and stage: tracing a ResNet-50 costs about as much as a forward pass
+_TAILS: "weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _trace_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) -> Callable[..., Tensor] | None:
+    try:
+        tail = torch.fx.GraphModule(model, _StageTracer({layer, *keep}).trace(model))
+    except Exception:  # any model fx cannot follow (data-dependent control flow, ...) runs the fallback
+        return None
+    graph = tail.graph
+    nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(nodes) != 1 or len(placeholders) != 1 + num_args:
+        return None
+    with graph.inserting_before(placeholders[0]):
+        value = graph.placeholder("stage_value")
+    nodes[0].replace_all_uses_with(value)
+    graph.erase_node(nodes[0])
+    graph.eliminate_dead_code()
+    if placeholders[0].users:
+        return None
+    tail.recompile()
+
+    def run(value: Tensor, args: tuple[Any, ...]) -> Tensor:
+        return tail(value, None, *args)
+
+    return run
 
 
 def gradients_at(

@@ -6,7 +6,7 @@ from captum.attr import NoiseTunnel
 
 from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
 from captum_ltx._vit import output_row_map, rollout
-from conftest import assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
+from conftest import NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
 FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
@@ -237,3 +237,27 @@ def test_stage_discovery_says_what_to_pass_when_nothing_separates():
 
     with pytest.raises(ValueError, match="pass `layers`"):
         cnn_stages(SkipToInput().eval(), torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("variant", [2, 3])
+def test_integration_points_run_only_the_network_after_their_stage(variant, monkeypatch):
+    import torchvision
+
+    from captum_ltx import _cnn
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    runner = _cnn.StageRunner(model, x, ())
+    _, outputs = runner.capture(x, ["layer3"], ())
+    stem_calls = []
+    handle = model.conv1.register_forward_hook(lambda *a: stem_calls.append(1))
+    logits, layer4 = runner.run_from("layer3", outputs["layer3"], (), capture="layer4")
+    handle.remove()
+    assert stem_calls == [1]  # the once-per-call check against a full forward; the point itself ran from layer3
+    torch.testing.assert_close(logits, model(x))
+    assert layer4.shape == (1, 512, 2, 2)
+    traced = IIA(model, variant=variant, n_steps=2, normalize=False).attribute(x, target=1)
+    monkeypatch.setattr(_cnn, "traced_tail", lambda *a: None)  # the stand-in image instead
+    assert IIA(model, variant=variant, n_steps=2, normalize=False).layers.cnn(x, ()) == ("layer3", "layer4")
+    torch.testing.assert_close(traced, IIA(model, variant=variant, n_steps=2, normalize=False).attribute(x, target=1))
