@@ -1,7 +1,9 @@
 """Runs attribution methods on one model and a list of images, computing every metric per image.
 
 Results go to ``out_dir/results.jsonl``, one line per (image, method), written as soon as it is known;
-a run that is interrupted continues where it stopped when started again with the same settings.
+a run that is interrupted continues where it stopped when started again with the same settings. Under
+``torchrun`` each process takes every world-th image and writes ``results.rank{r}.jsonl``; rank 0 then
+merges them into the ``results.jsonl`` and ``summary.md`` one process would have written.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import methods as registry
+from .._distributed import barrier, rank_and_world
 from .._model import eval_mode
 from ..metrics import (
     adp_pic,
@@ -26,7 +29,7 @@ from ..metrics import (
     randomized_copy,
     spearman,
 )
-from .report import METRICS, summarise
+from .report import summarise
 from .tracks import Sample
 
 RESULTS = "results.jsonl"
@@ -34,20 +37,42 @@ CONFIG = "config.json"
 
 
 
-def _done(path: str) -> set[tuple[str, str]]:
-    done = set()
+def _records(path: str) -> list[dict[str, Any]]:
+    records = []
     if os.path.isfile(path):
         with open(path) as f:
             for line in f:
                 try:
-                    record = json.loads(line)
+                    records.append(json.loads(line))
                 except json.JSONDecodeError:  # a line cut short by an interruption
                     continue
-                done.add((record["image"], record["method"]))
-    return done
+    return records
 
 
-def _check_config(out_dir: str, config: dict[str, Any], resume: bool) -> None:
+def _shard_files(out_dir: str) -> list[str]:
+    """Per-rank results of a sharded run (``torchrun``) not merged yet."""
+    return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.startswith("results.rank") and n.endswith(".jsonl"))
+
+
+def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> None:
+    """Appends the ranks' records to ``results.jsonl`` in the order one process writes them (image by
+    image, methods in the plan's order), so that a sharded run's files equal a single process's."""
+    shards = _shard_files(out_dir)
+    if not shards:
+        return
+    position = {s.id: i for i, s in enumerate(samples)}
+    rank = {m: i for i, m in enumerate(plan)}
+    new = sorted((r for path in shards for r in _records(path)), key=lambda r: (position[r["image"]], rank[r["method"]]))
+    results = os.path.join(out_dir, RESULTS)
+    with open(results + ".tmp", "w") as f:
+        for record in _records(results) + new:
+            f.write(json.dumps(record) + "\n")
+    os.replace(results + ".tmp", results)
+    for path in shards:
+        os.remove(path)
+
+
+def _check_config(out_dir: str, config: dict[str, Any], resume: bool, write: bool = True) -> None:
     path = os.path.join(out_dir, CONFIG)
     if os.path.isfile(path) and resume:
         with open(path) as f:
@@ -59,8 +84,12 @@ def _check_config(out_dir: str, config: dict[str, Any], resume: bool) -> None:
             raise ValueError(f"`out_dir` {out_dir!r} holds a run with {what}; use another folder, other labels or resume=False")
         # Methods may be added to a finished run: the images, targets and metrics are the same.
         config = {**config, "methods": {**saved["methods"], **config["methods"]}}
-    elif os.path.isfile(os.path.join(out_dir, RESULTS)) and not resume:
-        os.remove(os.path.join(out_dir, RESULTS))
+    if not write:
+        return
+    if not resume:
+        for stale in [os.path.join(out_dir, RESULTS)] + _shard_files(out_dir):
+            if os.path.isfile(stale):
+                os.remove(stale)
     with open(path, "w") as f:
         json.dump(config, f, indent=2)
 
@@ -109,10 +138,14 @@ def run_benchmark(
         "model": model_name, "track": track, "samples": [s.id for s in samples], "methods": {k: _jsonable(v) for k, v in plan.items()},
         "rise_steps": rise_steps, "sanity": sanity, "sanity_limit": sanity_limit,
     }
-    _check_config(out_dir, config, resume)
-    results_path = os.path.join(out_dir, RESULTS)
-    done = _done(results_path)
-    todo = [(s, m) for s in samples for m in plan if (s.id, m) not in done]
+    rank, world = rank_and_world()
+    _check_config(out_dir, config, resume, write=rank == 0)
+    barrier()
+    shards = [RESULTS] if world == 1 else [RESULTS, *map(os.path.basename, _shard_files(out_dir))]
+    done = {(r["image"], r["method"]) for name in shards for r in _records(os.path.join(out_dir, name))}
+    # under torchrun each process explains every world-th image and writes its own file
+    results_path = os.path.join(out_dir, RESULTS if world == 1 else f"results.rank{rank}.jsonl")
+    todo = [(s, m) for s in samples[rank::world] for m in plan if (s.id, m) not in done]
     device = next(model.parameters()).device
     built: dict[tuple[str, bool], Any] = {}
     randomized = None
@@ -150,7 +183,12 @@ def run_benchmark(
             record.update(image=sample.id, method=label, target=target, correct=int(ranked[0]) == target)
             out.write(json.dumps(record) + "\n")
             out.flush()
-    return summarise(out_dir)
+    barrier()
+    if rank == 0:
+        _merge_shards(out_dir, samples, plan)
+        summary = summarise(out_dir)
+    barrier()
+    return os.path.join(out_dir, "summary.md") if rank else summary
 
 
 def _score(model: nn.Module, x: torch.Tensor, attr: torch.Tensor, target: int, sample: Sample, rise_steps: int, batch_size: int) -> dict[str, Any]:
