@@ -33,6 +33,8 @@ from captum_ltx import pretrain
 from captum_ltx.datasets import ImagesAndLabels, create_dataset
 from captum_ltx.models import create_model
 
+from _output import emit  # benchmarks/_output.py: a script's own folder is on sys.path
+
 
 def _sources(model: torch.nn.Module, n: int, folder: str) -> dict[str, tuple[object, int]]:
     scenes = create_dataset("tuxpaint-scenes", model, "train", length=n)
@@ -85,11 +87,7 @@ def main() -> None:
     for name, values in times.items():
         median = statistics.median(values)
         lines.append(f"| {name} | {median:.2f} | {median / base:.3f} | {', '.join(f'{v:.2f}' for v in values)} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":
