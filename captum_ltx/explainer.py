@@ -14,7 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._cnn import spatial_order, spatial_outputs, stage_names
-from ._model import architecture_fingerprint, check_normalization, layout_fingerprint, normalization_of
+from ._model import (
+    architecture_fingerprint,
+    check_normalization,
+    layout_fingerprint,
+    normalization_of,
+)
+from ._shipped import explainer_folder
 from ._validation import format_target
 
 CONFIG_NAME = "config.json"
@@ -432,6 +438,17 @@ class Explainer(nn.Module):
         if config["format_version"] != FORMAT_VERSION:
             raise ValueError(f"`path` {str(path)!r}: format version {config['format_version']} is not supported (expected {FORMAT_VERSION})")
         return config
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False) -> "Explainer":
+        """A shipped explainer by the name of the model it explains (:func:`available_explainers`), or a
+        checkpoint folder; then as :meth:`load`.
+
+        Example::
+
+            >>> explainer = Explainer.from_pretrained("efficientnet_lite0", create_model("efficientnet_lite0"))
+        """
+        return cls.load(explainer_folder(name_or_path), model, transfer=transfer)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False) -> "Explainer":

