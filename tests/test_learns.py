@@ -48,11 +48,9 @@ def test_ltx_puts_its_mask_on_the_evidence():
     region = torch.zeros(SIZE, SIZE)
     region[SQUARE] = 1
     share = (maps * region).sum((1, 2)) / maps.sum((1, 2))
-    random_maps = torch.rand(len(test_x), SIZE, SIZE, generator=g)
-    random_share = (random_maps * region).sum((1, 2)) / random_maps.sum((1, 2))
+    # a map blind to the evidence puts 14% of its mass on the square (its share of the pixels)
     assert (share > 0.5).all(), share
     assert share.mean() > 0.6
-    assert random_share.max() < 0.2
 
 
 # -- evidence that moves: a bright patch at a random place decides the class ------------------------

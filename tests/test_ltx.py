@@ -6,7 +6,7 @@ from captum.attr import NoiseTunnel
 from captum.metrics import sensitivity_max
 
 from captum_ltx import LTX, Explainer, LTXAttribution
-from conftest import IMAGE, NUM_CLASSES, assert_unchanged, snapshot, tiny_cnn, tiny_vit
+from conftest import IMAGE, assert_unchanged, snapshot, tiny_cnn, tiny_vit
 
 STEPS = 3
 
@@ -131,7 +131,7 @@ def test_mean_selection_averages_the_finetuning_path(images):
 
 
 @pytest.mark.parametrize("selection", ["loss", "last", "mean", "pos_auc"])
-def test_selection_modes_and_counterfactual(selection, images):
+def test_every_selection_mode_with_the_counterfactual_objective_leaves_the_model_unchanged(selection, images):
     model = tiny_cnn()
     before = snapshot(model)
     ltx = LTX(model, finetune_steps=STEPS, selection=selection, counterfactual=True)
@@ -140,11 +140,44 @@ def test_selection_modes_and_counterfactual(selection, images):
     assert attr.shape == images[:2].shape and 0 <= attr.min() <= attr.max() <= 1
 
 
+def _walk(selection, losses, scores=None, patience=None, early_stop=6.0):
+    """The mask _FinetuningPath picks for one image shown masks 0, 1, 2, ... (mask k is filled with k)."""
+    from captum_ltx.ltx import _FinetuningPath
+
+    path = _FinetuningPath(selection, 1, patience, early_stop)
+    for k, loss in enumerate(losses):
+        score = loss if scores is None else scores[k]
+        path.see(torch.full((1, 1, 2, 2), float(k)), torch.tensor([loss]), torch.tensor([score]))
+        if path.finished:
+            break
+    return float(path.result()[0, 0, 0, 0])
+
+
+def test_each_selection_mode_picks_its_mask_along_the_path():
+    losses = [3.0, 1.0, 2.0, 1.5]
+    assert _walk("loss", losses) == 1  # the lowest objective
+    assert _walk("last", losses) == 3
+    assert _walk("mean", losses) == (0 + 1 + 2 + 3) / 4
+    # pos_auc: the lowest score seen, stopping at the first below the threshold
+    assert _walk("pos_auc", losses, scores=[9.0, 6.5, 8.0, 7.0]) == 1
+    assert _walk("pos_auc", losses, scores=[9.0, 5.0, 1.0, 0.5]) == 1  # stopped at step 1: later masks unseen
+
+
+def test_patience_stops_once_the_objective_has_not_improved():
+    losses = [3.0, 1.0, 2.0, 1.5, 0.1]  # no improvement at steps 2 and 3
+    assert _walk("last", losses, patience=2) == 3  # stopped after step 3, never sees step 4's better mask
+    assert _walk("last", losses, patience=3) == 4
+    assert _walk("mean", losses, patience=2) == (0 + 1 + 2 + 3) / 4
+    assert _walk("loss", losses, patience=2) == 1
+
+
 def test_finetune_head_only_keeps_backbone(images):
-    ltx = LTX(tiny_cnn(), finetune_steps=STEPS, finetune="head")
-    head_only = ltx.attribute(images[:1], target=1)
-    full = LTX(tiny_cnn(), finetune_steps=STEPS).attribute(images[:1], target=1)
-    assert not torch.allclose(head_only, full)
+    head_only = LTX(tiny_cnn(), finetune_steps=STEPS, finetune="head", lr=1e-2).attribute(images[:1], target=1)
+    # the whole explainer with a backbone that never moves (lr 0: no step, no weight decay) gives the same maps
+    frozen = LTX(tiny_cnn(), finetune_steps=STEPS, finetune="all", lr=1e-2, backbone_lr=0.0).attribute(images[:1], target=1)
+    torch.testing.assert_close(head_only, frozen, atol=1e-5, rtol=1e-4)
+    full = LTX(tiny_cnn(), finetune_steps=STEPS, finetune="all", lr=1e-2, backbone_lr=1e-2).attribute(images[:1], target=1)
+    assert not torch.allclose(head_only, full, atol=1e-4)
 
 
 def test_baselines_and_additional_forward_args(images):
@@ -174,8 +207,8 @@ def test_plain_function_needs_an_explainer(images):
     ltx = LTX(model)
     ltx.attribute(images[:1], target=0, finetune_steps=0)
     attr = LTX(lambda x: model(x), ltx.explainer, finetune_steps=1).attribute(images[:1], target=0)
-    assert attr.shape == images[:1].shape
-    assert NUM_CLASSES == model(images[:1]).shape[1]
+    # a plain function explained with the module's explainer gives the module's map
+    torch.testing.assert_close(attr, LTX(model, ltx.explainer, finetune_steps=1).attribute(images[:1], target=0))
 
 
 def test_every_objective_setting_and_the_multi_stride_head_leave_the_model_unchanged(images):

@@ -86,8 +86,12 @@ def test_other_timm_families(kind):
     family = "vit" if kind in ("vit-registers", "deit-distilled") else "cnn"
     assert methods.model_family(model) == family
     for name in ("gradcam", "iia", "dix") + (("rollout", "gae") if family == "vit" else ()):
-        out = methods.create(name, model, **FAST.get(name, {})).attribute(x, target=[1, 2])
-        assert out.shape == x.shape and torch.isfinite(out).all() and out.amax() == 1, name
+        method = methods.create(name, model, **FAST.get(name, {}))
+        out = method.attribute(x, target=[1, 2])
+        assert out.shape == x.shape and torch.isfinite(out).all(), name
+        assert (out.flatten(1).std(dim=1) > 0).all(), name  # min-max scaling hides nothing: no image got a flat map
+        if name != "rollout":  # rollout explains no class
+            assert not torch.allclose(out, method.attribute(x, target=[2, 1])), name
 
 
 def test_registry_options():
@@ -100,8 +104,10 @@ def test_registry_options():
 def test_plain_module_cnn_is_supported(images):
     model = plain_cnn()
     for name in ("gradcam", "iia", "dix"):
-        out = methods.create(name, model, **FAST.get(name, {})).attribute(images, target=1)
-        assert out.shape == images.shape and out.max() == 1
+        method = methods.create(name, model, **FAST.get(name, {}))
+        out = method.attribute(images, target=1)
+        assert out.shape == images.shape and (out.flatten(1).std(dim=1) > 0).all(), name
+        assert not torch.allclose(out, method.attribute(images, target=3)), name
 
 
 def test_gradcam_on_a_vit_is_not_all_zero(images):
