@@ -16,6 +16,9 @@ demo: $(STAMP)
 	$(PY) examples/demo.py --out outputs/demo.png
 
 test: $(STAMP)
+	$(PY) -m ruff check
+	$(PY) -m ruff format --check
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 # Photos read as files from these wheels by the imagenet-photos track (their dependencies are not needed),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,13 @@ class MapAttribution(GradientAttribution):
     batched = False
     name = "Map"
 
-    def __init__(self, forward_func: Callable[..., Tensor], *, normalize: bool = True, internal_batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        *,
+        normalize: bool = True,
+        internal_batch_size: int = 64,
+    ) -> None:
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
         GradientAttribution.__init__(self, forward_func)
@@ -110,17 +117,28 @@ class MapAttribution(GradientAttribution):
         with eval_mode(self.forward_func), torch.enable_grad():
             num_classes, predicted = num_classes_of(self.forward_func, x, args)
             targets = format_target(target, batch, num_classes, predicted).to(x.device)
-            fill = format_baseline(baselines, x, torch.zeros((), device=x.device, dtype=x.dtype)).expand_as(x)
+            fill = format_baseline(
+                baselines, x, torch.zeros((), device=x.device, dtype=x.dtype)
+            ).expand_as(x)
             if self.batched:
                 maps = self._maps(x, targets, fill, args)
             else:
-                maps = torch.cat([
-                    self._maps(x[i : i + 1], targets[i : i + 1], fill[i : i + 1], select_rows(args, slice(i, i + 1), batch))
-                    for i in range(batch)
-                ])
+                maps = torch.cat(
+                    [
+                        self._maps(
+                            x[i : i + 1],
+                            targets[i : i + 1],
+                            fill[i : i + 1],
+                            select_rows(args, slice(i, i + 1), batch),
+                        )
+                        for i in range(batch)
+                    ]
+                )
         maps = maps.detach().float()
         if maps.shape[-2:] != x.shape[-2:]:
-            maps = F.interpolate(maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False)
+            maps = F.interpolate(
+                maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False
+            )
         if self.normalize:
             maps = min_max(maps)
         attributions = maps.to(x.dtype).expand_as(x).contiguous()
@@ -128,4 +146,3 @@ class MapAttribution(GradientAttribution):
 
     def _maps(self, x: Tensor, target: Tensor, baseline: Tensor, args: tuple[Any, ...]) -> Tensor:
         raise NotImplementedError
-

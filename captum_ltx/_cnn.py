@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import weakref
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 
+from ._maps import spatial_size
 from ._model import target_score
 from ._validation import repeat_rows
 
@@ -36,7 +38,9 @@ def spatial_outputs(
     return order
 
 
-def spatial_order(model: nn.Module, x: Tensor, args: tuple[Any, ...], hint: str) -> list[tuple[str, int]]:
+def spatial_order(
+    model: nn.Module, x: Tensor, args: tuple[Any, ...], hint: str
+) -> list[tuple[str, int]]:
     """:func:`spatial_outputs`, or a ``ValueError`` ending with ``hint`` (which argument to pass) when
     the model has no module with a spatial output."""
     order = spatial_outputs(model, x, args)
@@ -122,13 +126,18 @@ class StageRunner:
         self.model, self.x, self.args = model, x, args
         small = min(64, x.shape[-2]), min(64, x.shape[-1])
         self.runs: dict[tuple[str, str | None], Callable[..., Tensor]] = {}
-        self.candidates = [small, tuple(x.shape[-2:])]
+        self.candidates: list[tuple[int, int]] = [small, spatial_size(x)]
 
-    def capture(self, x: Tensor, layers: list[str], args: tuple[Any, ...]) -> tuple[Tensor, dict[str, Tensor]]:
+    def capture(
+        self, x: Tensor, layers: list[str], args: tuple[Any, ...]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Runs the model on ``x``; returns its logits and the outputs of ``layers``."""
         captured: dict[str, Tensor] = {}
         handles = [
-            self.model.get_submodule(n).register_forward_hook(lambda _m, _i, out, n=n: captured.__setitem__(n, out)) for n in layers
+            self.model.get_submodule(n).register_forward_hook(
+                lambda _m, _i, out, n=n: captured.__setitem__(n, out)
+            )
+            for n in layers
         ]
         try:
             logits = self.model(x, *args)
@@ -137,14 +146,20 @@ class StageRunner:
                 h.remove()
         return logits, captured
 
-    def run_from(self, layer: str, value: Tensor, args: tuple[Any, ...], capture: str | None = None) -> tuple[Tensor, Tensor | None]:
+    def run_from(
+        self, layer: str, value: Tensor, args: tuple[Any, ...], capture: str | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Logits with ``layer``'s output replaced by ``value`` (and ``capture``'s output, if named)."""
         if (layer, capture) not in self.runs:
             self.runs[layer, capture] = self._separating_run(layer, capture)
         captured: list[Tensor] = []
         handles = []
         if capture is not None:
-            handles.append(self.model.get_submodule(capture).register_forward_hook(lambda _m, _i, out: captured.append(out)))
+            handles.append(
+                self.model.get_submodule(capture).register_forward_hook(
+                    lambda _m, _i, out: captured.append(out)
+                )
+            )
         try:
             logits = self.runs[layer, capture](value, args)
         finally:
@@ -154,8 +169,12 @@ class StageRunner:
 
     def _stand_in(self, layer: str, size: tuple[int, int]) -> Callable[..., Tensor]:
         def run(value: Tensor, args: tuple[Any, ...]) -> Tensor:
-            stand_in = torch.zeros(value.shape[0], *self.x.shape[1:2], *size, device=value.device, dtype=value.dtype)
-            handle = self.model.get_submodule(layer).register_forward_hook(lambda _m, _i, _out: value)
+            stand_in = torch.zeros(
+                value.shape[0], *self.x.shape[1:2], *size, device=value.device, dtype=value.dtype
+            )
+            handle = self.model.get_submodule(layer).register_forward_hook(
+                lambda _m, _i, _out: value
+            )
             try:
                 return self.model(stand_in, *args)
             finally:
@@ -175,15 +194,21 @@ class StageRunner:
         with torch.no_grad():
             expected, outputs = self.capture(self.x, [layer], self.args)
             tail = traced_tail(self.model, layer, [capture] if capture else [], len(self.args))
-            runs = ([tail] if tail is not None else []) + [self._stand_in(layer, size) for size in self.candidates]
+            runs = ([tail] if tail is not None else []) + [
+                self._stand_in(layer, size) for size in self.candidates
+            ]
             for run in runs:
                 try:
                     logits = run(outputs[layer], self.args)
                 except RuntimeError:
                     continue
-                if torch.allclose(logits, expected, rtol=1e-4, atol=1e-4 * (1 + expected.abs().max().item())):
+                if torch.allclose(
+                    logits, expected, rtol=1e-4, atol=1e-4 * (1 + expected.abs().max().item())
+                ):
                     return run
-        raise ValueError(f"layer {layer!r} does not separate the model: its output alone does not determine the logits")
+        raise ValueError(
+            f"layer {layer!r} does not separate the model: its output alone does not determine the logits"
+        )
 
 
 class _StageTracer(torch.fx.Tracer):
@@ -202,11 +227,15 @@ class _StageTracer(torch.fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return (
-            module_qualified_name in self.stages or isinstance(m, self.opaque) or super().is_leaf_module(m, module_qualified_name)
+            module_qualified_name in self.stages
+            or isinstance(m, self.opaque)
+            or super().is_leaf_module(m, module_qualified_name)
         )
 
 
-def traced_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) -> Callable[..., Tensor] | None:
+def traced_tail(
+    model: nn.Module, layer: str, keep: list[str], num_args: int
+) -> Callable[..., Tensor] | None:
     """The model after ``layer`` as a function ``(value, args) -> logits``, traced by ``torch.fx``, or
     ``None`` when the model cannot be traced or the image itself reaches past ``layer`` (a skip
     around it). The traced graph calls the model's own submodules, so their weights and hooks are the
@@ -219,13 +248,17 @@ def traced_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) ->
 
 
 # traced once per model and stage: tracing a ResNet-50 costs about as much as a forward pass
-_TAILS: "weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]]" = weakref.WeakKeyDictionary()
+_TAILS: weakref.WeakKeyDictionary[nn.Module, dict[Any, Any]] = weakref.WeakKeyDictionary()
 
 
-def _trace_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) -> Callable[..., Tensor] | None:
+def _trace_tail(
+    model: nn.Module, layer: str, keep: list[str], num_args: int
+) -> Callable[..., Tensor] | None:
     try:
         tail = torch.fx.GraphModule(model, _StageTracer({layer, *keep}).trace(model))
-    except Exception:  # any model fx cannot follow (data-dependent control flow, ...) runs the fallback
+    except (
+        Exception
+    ):  # any model fx cannot follow (data-dependent control flow, ...) runs the fallback
         return None
     graph = tail.graph
     nodes = [n for n in graph.nodes if n.op == "call_module" and n.target == layer]
@@ -248,7 +281,12 @@ def _trace_tail(model: nn.Module, layer: str, keep: list[str], num_args: int) ->
 
 
 def gradients_at(
-    runner: StageRunner, layer: str, points: Tensor, target: Tensor, args: tuple[Any, ...], chunk: int
+    runner: StageRunner,
+    layer: str,
+    points: Tensor,
+    target: Tensor,
+    args: tuple[Any, ...],
+    chunk: int,
 ) -> Tensor:
     """Gradient of each point's target logit with respect to ``layer``'s output set to that point.
 
@@ -258,16 +296,23 @@ def gradients_at(
     for start in range(0, points.shape[0], chunk):
         value = points[start : start + chunk].detach().requires_grad_(True)
         logits, _ = runner.run_from(layer, value, repeat_rows(args, value.shape[0], 1))
-        grads.append(torch.autograd.grad(target_score(logits, target.expand(value.shape[0])), value)[0])
+        grads.append(
+            torch.autograd.grad(target_score(logits, target.expand(value.shape[0])), value)[0]
+        )
     return torch.cat(grads)
 
 
-def stage_outputs(runner: StageRunner, layer: str, values: Tensor, capture: str, args: tuple[Any, ...], chunk: int) -> Tensor:
+def stage_outputs(
+    runner: StageRunner, layer: str, values: Tensor, capture: str, args: tuple[Any, ...], chunk: int
+) -> Tensor:
     """``capture``'s output when ``layer``'s output is each of ``values`` in turn, without gradients."""
-    outputs = []
+    outputs: list[Tensor] = []
     with torch.no_grad():
         for start in range(0, values.shape[0], chunk):
             value = values[start : start + chunk]
-            _, out = runner.run_from(layer, value, repeat_rows(args, value.shape[0], 1), capture=capture)
+            _, out = runner.run_from(
+                layer, value, repeat_rows(args, value.shape[0], 1), capture=capture
+            )
+            assert out is not None  # captured: `capture` is named
             outputs.append(out)
     return torch.cat(outputs)

@@ -23,6 +23,10 @@ def barrier() -> None:
 def join_torchrun_group() -> int:
     """Joins the process group ``torchrun`` describes in the environment (NCCL on GPUs, gloo on
     CPUs), if there is one and it is not joined yet; returns the local rank (0 without torchrun)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and dist.is_available()
+        and not dist.is_initialized()
+    ):
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return int(os.environ.get("LOCAL_RANK", "0"))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,9 +26,11 @@ class LayerPair:
         if not isinstance(layers, (tuple, list)) or len(layers) != 2:
             raise ValueError(f"`layers` must be a pair (penultimate, last), got {layers!r}")
         if family == "vit":
-            blocks = len(model.blocks)
+            blocks = len(cast(nn.Sequential, model.blocks))
             if not all(isinstance(b, int) and -blocks <= b < blocks for b in layers):
-                raise ValueError(f"`layers` of a ViT must be two block indices in [-{blocks}, {blocks}), got {layers!r}")
+                raise ValueError(
+                    f"`layers` of a ViT must be two block indices in [-{blocks}, {blocks}), got {layers!r}"
+                )
             self.layers = tuple(b % blocks for b in layers)
         else:
             for name in layers:
@@ -41,7 +43,7 @@ class LayerPair:
         return tuple(self.layers)  # type: ignore[return-value]
 
     def vit(self) -> tuple[int, int]:
-        blocks = len(self.model.blocks)
+        blocks = len(cast(nn.Sequential, self.model.blocks))
         if self.layers is not None:
             return self.layers  # type: ignore[return-value]
         if blocks < 2:

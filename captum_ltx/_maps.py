@@ -16,10 +16,17 @@ def to_map(attributions: Tensor) -> Tensor:
     if attributions.dim() == 3:
         return attributions
     if attributions.dim() != 4:
-        raise ValueError(f"`attributions` must be (B, H, W) or (B, C, H, W), got shape {tuple(attributions.shape)}")
+        raise ValueError(
+            f"`attributions` must be (B, H, W) or (B, C, H, W), got shape {tuple(attributions.shape)}"
+        )
     if attributions.shape[1] == 1:
         return attributions[:, 0]
     return attributions.abs().sum(dim=1)
+
+
+def spatial_size(x: Tensor) -> tuple[int, int]:
+    """(height, width) of images or maps (the last two dimensions)."""
+    return int(x.shape[-2]), int(x.shape[-1])
 
 
 def min_max(maps: Tensor) -> Tensor:

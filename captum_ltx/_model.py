@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -51,25 +52,35 @@ def normalization_of(model: Any) -> tuple[tuple[float, ...], tuple[float, ...]] 
     return None
 
 
-def check_normalization(normalization: Any, name: str = "normalization") -> tuple[tuple[float, ...], tuple[float, ...]]:
+def check_normalization(
+    normalization: Any, name: str = "normalization"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     try:
         mean, std = normalization
         mean = tuple(float(v) for v in mean)
         std = tuple(float(v) for v in std)
     except (TypeError, ValueError):
-        raise ValueError(f"`{name}` must be a pair (mean, std) of per-channel sequences, got {normalization!r}") from None
+        raise ValueError(
+            f"`{name}` must be a pair (mean, std) of per-channel sequences, got {normalization!r}"
+        ) from None
     if len(mean) != len(std) or any(s <= 0 for s in std):
-        raise ValueError(f"`{name}` must have equal-length mean and std with std > 0, got {normalization!r}")
+        raise ValueError(
+            f"`{name}` must have equal-length mean and std with std > 0, got {normalization!r}"
+        )
     return mean, std
 
 
-def black_in_input_space(normalization: tuple[Sequence[float], Sequence[float]] | None, x: Tensor) -> Tensor:
+def black_in_input_space(
+    normalization: tuple[Sequence[float], Sequence[float]] | None, x: Tensor
+) -> Tensor:
     """The value a black pixel (0 in [0, 1] pixel space) takes after the model's normalisation."""
     if normalization is None:
         return torch.zeros((), device=x.device, dtype=x.dtype)
     mean, std = normalization
     if len(mean) not in (1, x.shape[1]):
-        raise ValueError(f"`normalization` has {len(mean)} channels but the inputs have {x.shape[1]}")
+        raise ValueError(
+            f"`normalization` has {len(mean)} channels but the inputs have {x.shape[1]}"
+        )
     mean_t = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
     return -mean_t / std_t
@@ -92,12 +103,16 @@ def layout_fingerprint(model: nn.Module) -> str:
     or a dilated stage hold the same weights."""
     h = hashlib.sha256()
     for name, module in model.named_modules():
-        attributes = ",".join(f"{a}={getattr(module, a)}" for a in _LAYOUT_ATTRIBUTES if hasattr(module, a))
+        attributes = ",".join(
+            f"{a}={getattr(module, a)}" for a in _LAYOUT_ATTRIBUTES if hasattr(module, a)
+        )
         h.update(f"{name}:{type(module).__qualname__}:{attributes};".encode())
     return h.hexdigest()[:16]
 
 
-def num_classes_of(forward_func: Callable[..., Any], x: Tensor, args: tuple[Any, ...]) -> tuple[int, Tensor]:
+def num_classes_of(
+    forward_func: Callable[..., Any], x: Tensor, args: tuple[Any, ...]
+) -> tuple[int, Tensor]:
     """Runs ``forward_func`` once without gradients; returns (number of classes, predicted class per image)."""
     with torch.no_grad():
         try:
@@ -109,7 +124,9 @@ def num_classes_of(forward_func: Callable[..., Any], x: Tensor, args: tuple[Any,
             ) from e
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"`forward_func` must return logits of shape (B, num_classes) for B = {x.shape[0]}, got {shape}")
+        raise ValueError(
+            f"`forward_func` must return logits of shape (B, num_classes) for B = {x.shape[0]}, got {shape}"
+        )
     return logits.shape[1], logits.argmax(dim=1).cpu()
 
 

@@ -15,7 +15,11 @@ def available_explainers() -> list[str]:
     """Names of the shipped explainers: the explained model each was pretrained for."""
     if not os.path.isdir(SHIPPED_DIR):
         return []
-    return sorted(f[: -len(_EXPLAINER_SUFFIX)] for f in os.listdir(SHIPPED_DIR) if f.endswith(_EXPLAINER_SUFFIX))
+    return sorted(
+        f[: -len(_EXPLAINER_SUFFIX)]
+        for f in os.listdir(SHIPPED_DIR)
+        if f.endswith(_EXPLAINER_SUFFIX)
+    )
 
 
 def explainer_folder(name_or_path: str | os.PathLike[str], argument: str = "explainer") -> str:
@@ -25,8 +29,10 @@ def explainer_folder(name_or_path: str | os.PathLike[str], argument: str = "expl
         return path
     if path in available_explainers():
         return os.path.join(SHIPPED_DIR, path + _EXPLAINER_SUFFIX)
-    raise ValueError(f"`{argument}` {path!r} is neither a checkpoint folder nor a shipped explainer's name "
-                     f"({', '.join(available_explainers()) or 'none installed'})")
+    raise ValueError(
+        f"`{argument}` {path!r} is neither a checkpoint folder nor a shipped explainer's name "
+        f"({', '.join(available_explainers()) or 'none installed'})"
+    )
 
 
 def shipped_model_folder(name: str) -> str:

@@ -6,7 +6,8 @@ user learns from the message what to change.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,7 +17,11 @@ def as_input_tuple(inputs: Any, *, method: str) -> tuple[tuple[Tensor, ...], boo
     """Returns ``(inputs as a tuple, whether the caller passed a tuple)``."""
     if isinstance(inputs, Tensor):
         return (inputs,), False
-    if isinstance(inputs, (tuple, list)) and all(isinstance(t, Tensor) for t in inputs) and len(inputs) > 0:
+    if (
+        isinstance(inputs, (tuple, list))
+        and all(isinstance(t, Tensor) for t in inputs)
+        and len(inputs) > 0
+    ):
         return tuple(inputs), True
     raise TypeError(
         f"{method}: `inputs` must be a tensor of images (B, C, H, W) or a tuple of such tensors, "
@@ -27,18 +32,28 @@ def as_input_tuple(inputs: Any, *, method: str) -> tuple[tuple[Tensor, ...], boo
 def check_images(x: Tensor, *, name: str = "inputs", channels: int | None = None) -> None:
     """Checks that ``x`` is a finite floating batch of images (B, C, H, W) with B > 0."""
     if not torch.is_floating_point(x):
-        raise TypeError(f"`{name}` must be a floating-point tensor (e.g. float32), got dtype {x.dtype}")
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (e.g. float32), got dtype {x.dtype}"
+        )
     if x.dim() != 4:
-        raise ValueError(f"`{name}` must have shape (B, C, H, W), got {x.dim()} dimensions {tuple(x.shape)}")
+        raise ValueError(
+            f"`{name}` must have shape (B, C, H, W), got {x.dim()} dimensions {tuple(x.shape)}"
+        )
     if x.shape[0] == 0:
-        raise ValueError(f"`{name}` is an empty batch: shape {tuple(x.shape)}; expected at least one image")
+        raise ValueError(
+            f"`{name}` is an empty batch: shape {tuple(x.shape)}; expected at least one image"
+        )
     if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"`{name}` must have {channels} channels (dim 1), got {x.shape[1]} in shape {tuple(x.shape)}")
+        raise ValueError(
+            f"`{name}` must have {channels} channels (dim 1), got {x.shape[1]} in shape {tuple(x.shape)}"
+        )
     if not torch.isfinite(x).all():
         raise ValueError(f"`{name}` contains NaN or Inf values")
 
 
-def format_target(target: Any, batch_size: int, num_classes: int, predicted: Tensor | None = None) -> Tensor:
+def format_target(
+    target: Any, batch_size: int, num_classes: int, predicted: Tensor | None = None
+) -> Tensor:
     """Turns every Captum target form for a classifier into a LongTensor of shape (batch_size,).
 
     ``None`` selects ``predicted`` (the model's own top class). Tuples index outputs with more than two
@@ -46,10 +61,14 @@ def format_target(target: Any, batch_size: int, num_classes: int, predicted: Ten
     """
     if target is None:
         if predicted is None:
-            raise ValueError("`target` is None and no model prediction is available to stand in for it")
+            raise ValueError(
+                "`target` is None and no model prediction is available to stand in for it"
+            )
         return predicted.long()
-    if isinstance(target, bool) or isinstance(target, tuple) or (
-        isinstance(target, list) and any(isinstance(t, tuple) for t in target)
+    if (
+        isinstance(target, bool)
+        or isinstance(target, tuple)
+        or (isinstance(target, list) and any(isinstance(t, tuple) for t in target))
     ):
         raise TypeError(
             "`target` must be an int, a list of ints, a 1-D integer tensor or None; tuple targets index "
@@ -70,7 +89,9 @@ def format_target(target: Any, batch_size: int, num_classes: int, predicted: Ten
         if t.numel() == 1:
             t = t.expand(batch_size)
     else:
-        raise TypeError(f"`target` must be an int, a list of ints, a 1-D integer tensor or None, got {type(target).__name__}")
+        raise TypeError(
+            f"`target` must be an int, a list of ints, a 1-D integer tensor or None, got {type(target).__name__}"
+        )
     if t.numel() != batch_size:
         raise ValueError(f"`target` has {t.numel()} entries but the batch has {batch_size} images")
     if ((t < 0) | (t >= num_classes)).any():
@@ -86,7 +107,9 @@ def format_baseline(baselines: Any, x: Tensor, default: Tensor) -> Tensor:
     """
     if isinstance(baselines, tuple):
         if len(baselines) != 1:
-            raise ValueError(f"`baselines` as a tuple must hold one entry per input (1), got {len(baselines)}")
+            raise ValueError(
+                f"`baselines` as a tuple must hold one entry per input (1), got {len(baselines)}"
+            )
         baselines = baselines[0]
     if baselines is None:
         b = default
@@ -97,7 +120,9 @@ def format_baseline(baselines: Any, x: Tensor, default: Tensor) -> Tensor:
         if b.dim() == 1 and b.numel() == x.shape[1]:
             b = b.view(1, -1, 1, 1)
     else:
-        raise TypeError(f"`baselines` must be None, a number or a tensor, got {type(baselines).__name__}")
+        raise TypeError(
+            f"`baselines` must be None, a number or a tensor, got {type(baselines).__name__}"
+        )
     b = b.to(device=x.device, dtype=x.dtype)
     try:
         torch.broadcast_shapes(b.shape, x.shape)
@@ -112,13 +137,18 @@ def format_baseline(baselines: Any, x: Tensor, default: Tensor) -> Tensor:
 
 def select_rows(args: Sequence[Any], index: slice, batch_size: int) -> tuple[Any, ...]:
     """Slices the per-example entries (tensors whose dim 0 is the batch) of additional forward args."""
-    return tuple(a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch_size else a for a in args)
+    return tuple(
+        a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch_size else a
+        for a in args
+    )
 
 
 def repeat_rows(args: Sequence[Any], repeats: int, batch_size: int) -> tuple[Any, ...]:
     """Repeats each per-example entry of additional forward args ``repeats`` times, example by example."""
     return tuple(
-        a.repeat_interleave(repeats, dim=0) if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch_size else a
+        a.repeat_interleave(repeats, dim=0)
+        if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == batch_size
+        else a
         for a in args
     )
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,10 +32,10 @@ def num_prefix_tokens(model: nn.Module) -> int:
 
 def token_grid(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, int]:
     """The (h, w) grid of patch tokens for an image of ``image_size``, read from the patch embedding."""
-    embed = model.patch_embed
+    embed: Any = model.patch_embed
     if hasattr(embed, "dynamic_feat_size") and getattr(embed, "dynamic_img_size", False):
-        return tuple(embed.dynamic_feat_size(image_size))  # type: ignore[return-value]
-    return tuple(embed.grid_size)  # type: ignore[return-value]
+        return cast(tuple[int, int], tuple(embed.dynamic_feat_size(image_size)))
+    return cast(tuple[int, int], tuple(embed.grid_size))
 
 
 class AttentionProbe:
@@ -53,7 +54,7 @@ class AttentionProbe:
 @contextlib.contextmanager
 def probe_attention(model: nn.Module, probe: AttentionProbe) -> Iterator[AttentionProbe]:
     """Switches fused attention off (so that probabilities exist) and hooks every block, then restores."""
-    blocks = list(model.blocks)
+    blocks: list[Any] = list(cast(nn.Sequential, model.blocks))
     fused = [getattr(b.attn, "fused_attn", None) for b in blocks]
     handles = []
 
@@ -111,8 +112,10 @@ def output_row_map(joint: Tensor, model: nn.Module, image_size: tuple[int, int])
         first = 0 if getattr(model, "pool_include_prefix", False) else prefix
         row = joint[:, first:, prefix:].mean(dim=1)
     else:
-        raise ValueError(f"attention maps read the class token (global_pool='token') or the average of the patch tokens "
-                         f"(global_pool='avg'); this ViT has global_pool={pooling!r}")
+        raise ValueError(
+            f"attention maps read the class token (global_pool='token') or the average of the patch tokens "
+            f"(global_pool='avg'); this ViT has global_pool={pooling!r}"
+        )
     return row.reshape(row.shape[0], 1, h, w)
 
 
@@ -132,12 +135,17 @@ def attention_relevance(
     total: list[Tensor] | None = None
     for start in range(0, images.shape[0], chunk):
         rows = slice(start, start + chunk)
-        probe = AttentionProbe({b: p[rows].detach().requires_grad_(True) for b, p in replace.items()})
+        probe = AttentionProbe(
+            {b: p[rows].detach().requires_grad_(True) for b, p in replace.items()}
+        )
         with probe_attention(model, probe):
             n = images[rows].shape[0]
             logits = model(images[rows], *repeat_rows(args, n, 1))
         grads = torch.autograd.grad(target_score(logits, target.expand(n)), probe.attentions)
-        terms = [(g * a).clamp_min(0).mean(dim=1).sum(dim=0, keepdim=True).detach() for a, g in zip(probe.attentions, grads)]
+        terms = [
+            (g * a).clamp_min(0).mean(dim=1).sum(dim=0, keepdim=True).detach()
+            for a, g in zip(probe.attentions, grads)
+        ]
         total = terms if total is None else [t + s for t, s in zip(total, terms)]
     assert total is not None
     return [t / images.shape[0] for t in total]

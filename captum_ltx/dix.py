@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._base import MapAttribution
 from ._cnn import gradients_at
 from ._integrated import LayerPair, alphas, runner, steps
+from ._maps import spatial_size
 from ._vit import attention_relevance, clean_attention, output_row_map, rollout
 
 
@@ -47,7 +48,7 @@ class DIX(MapAttribution):
 
     def __init__(
         self,
-        forward_func: Callable[..., Tensor],
+        forward_func: nn.Module,
         *,
         n_steps: int | None = None,
         layers: Any = None,
@@ -85,12 +86,16 @@ class DIX(MapAttribution):
             size = (u_previous.shape[0], 2 * u_previous.shape[1], 2 * u_previous.shape[2])
 
             def up(t: Tensor) -> Tensor:
-                return F.interpolate(t[None, None], size=size, mode="trilinear", align_corners=False)[0, 0]
+                return F.interpolate(
+                    t[None, None], size=size, mode="trilinear", align_corners=False
+                )[0, 0]
 
             fused = (up(h2) * up(h1) + up(h1)).sum(dim=0)
         else:
             h1 = channel_min_integral(last, u_last)
-            s1 = F.interpolate(h1.sum(dim=0)[None, None], size=h2.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+            s1 = F.interpolate(
+                h1.sum(dim=0)[None, None], size=h2.shape[-2:], mode="bilinear", align_corners=False
+            )[0, 0]
             fused = h2.sum(dim=0) * s1 + s1
         return fused[None, None]
 
@@ -99,10 +104,12 @@ class DIX(MapAttribution):
         attention = clean_attention(self.forward_func, x, args)
         a = alphas(self.n_steps, x)
         images = x.expand(a.numel(), *x.shape[1:])
-        total = 0
+        total = torch.zeros(())
         for block in (last, previous):
             source = attention[last] if self.reference_quirks else attention[block]
             replace = {block: source.expand(a.numel(), *source.shape[1:]) * a.view(-1, 1, 1, 1)}
-            relevance = attention_relevance(self.forward_func, images, replace, target, args, self.internal_batch_size)
-            total = total + output_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))
+            relevance = attention_relevance(
+                self.forward_func, images, replace, target, args, self.internal_batch_size
+            )
+            total = total + output_row_map(rollout(relevance), self.forward_func, spatial_size(x))
         return total

@@ -7,7 +7,8 @@ import json
 import math
 import os
 import warnings
-from typing import Any, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,18 +47,26 @@ def _detached_copy(model: nn.Module) -> nn.Module:
     return clone
 
 
-def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any) -> tuple[Tensor, list[Tensor]]:
+def _read_features(
+    net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any
+) -> tuple[Tensor, list[Tensor]]:
     """The head's main features and the outputs of the finer layers (``features["fine"]``), in one forward."""
     hooked = [features["layer"]] if features["access"] == "hook" else []
     hooked += [fine["layer"] for fine in features.get("fine", ())]
     captured: dict[str, Tensor] = {}
     # Registered per call (not once) so that deep copies of an explainer never share a hook.
     handles = [
-        net.get_submodule(name).register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
+        net.get_submodule(name).register_forward_hook(
+            lambda _m, _i, out, name=name: captured.__setitem__(name, out)
+        )
         for name in hooked
     ]
     try:
-        main = net.forward_features(x) if features["access"] == "forward_features" else net(x, *args)
+        main = (
+            cast(Any, net).forward_features(x)
+            if features["access"] == "forward_features"
+            else net(x, *args)
+        )
     finally:
         for handle in handles:
             handle.remove()
@@ -69,7 +78,11 @@ def _read_features(net: nn.Module, features: dict[str, Any], x: Tensor, *args: A
 def _model_record(model: nn.Module) -> dict[str, Any]:
     """What a checkpoint says about the model it was made for; a timm model's architecture and class
     count let a copied backbone be rebuilt without that model (to explain another, ``transfer=True``)."""
-    record: dict[str, Any] = {"class": type(model).__qualname__, "fingerprint": architecture_fingerprint(model), "layout": layout_fingerprint(model)}
+    record: dict[str, Any] = {
+        "class": type(model).__qualname__,
+        "fingerprint": architecture_fingerprint(model),
+        "layout": layout_fingerprint(model),
+    }
     architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if architecture and isinstance(getattr(model, "num_classes", None), int):
         record.update(architecture=architecture, num_classes=model.num_classes)
@@ -95,7 +108,9 @@ def _prior_init(conv: nn.Conv2d, prior: float | None) -> None:
     """Near-zero weights and a bias that starts the mask at ``prior`` everywhere (the prior-bias
     initialisation of detection heads), so the sigmoid starts unsaturated whatever the features."""
     nn.init.normal_(conv.weight, std=0.01)
-    nn.init.constant_(conv.bias, 0.0 if prior is None else math.log(prior / (1 - prior)))
+    nn.init.constant_(
+        cast(Tensor, conv.bias), 0.0 if prior is None else math.log(prior / (1 - prior))
+    )
 
 
 def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Tensor:
@@ -105,26 +120,41 @@ def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Ten
         return raw
     if layout == "NHWC":
         return raw.permute(0, 3, 1, 2)
-    tokens = raw[:, features["num_prefix_tokens"]:]
+    tokens = raw[:, features["num_prefix_tokens"] :]
     n = tokens.shape[1]
     height, width = image_size
     h = max(1, round((n * height / width) ** 0.5))
     w = n // h
     if h * w != n:
-        raise ValueError(f"cannot arrange {n} patch tokens into a grid for an image of size {height}x{width}")
+        raise ValueError(
+            f"cannot arrange {n} patch tokens into a grid for an image of size {height}x{width}"
+        )
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
 
 
 def _fine_features(
-    net: nn.Module, features: dict[str, Any], probe: Tensor, args: tuple[Any, ...], names: Sequence[str] | None,
+    net: nn.Module,
+    features: dict[str, Any],
+    probe: Tensor,
+    args: tuple[Any, ...],
+    names: Sequence[str] | None,
     size: tuple[int, int],
 ) -> list[dict[str, Any]]:
     """Name, channels and size of each finer map the head adds; by default the last feature stage
     finer than the head's grid (timm's ``feature_info``, else any module's output)."""
-    outputs = spatial_outputs(net, probe, args, forward=net.forward_features if features["access"] == "forward_features" else None)
+    outputs = spatial_outputs(
+        net,
+        probe,
+        args,
+        forward=cast(Callable[..., Any], net.forward_features)
+        if features["access"] == "forward_features"
+        else None,
+    )
     if names is None:
         stages = set(stage_names(net))
-        finer = [n for n, area in outputs if area > size[0] * size[1] and (not stages or n in stages)]
+        finer = [
+            n for n, area in outputs if area > size[0] * size[1] and (not stages or n in stages)
+        ]
         if not finer:
             raise ValueError(
                 f"`multi_stride`: the backbone has no feature map finer than the head's {size[0]}x{size[1]}; "
@@ -136,7 +166,9 @@ def _fine_features(
         if name not in modules:
             raise ValueError(f"`fine_layers`: {name!r} is not a module of the backbone")
     with torch.no_grad():
-        _, maps = _read_features(net, dict(features, fine=[{"layer": n} for n in names]), probe, *args)
+        _, maps = _read_features(
+            net, dict(features, fine=[{"layer": n} for n in names]), probe, *args
+        )
     result = []
     previous = size
     for name, out in zip(names, maps):
@@ -145,7 +177,7 @@ def _fine_features(
                 f"`fine_layers`: {name!r} must give a (B, C, h, w) map at least as fine as the one before it "
                 f"({previous[0]}x{previous[1]}), got shape {tuple(out.shape)}"
             )
-        previous = tuple(out.shape[-2:])
+        previous = (out.shape[-2], out.shape[-1])
         result.append({"layer": name, "channels": int(out.shape[1]), "size": list(previous)})
     return result
 
@@ -188,21 +220,27 @@ class Explainer(nn.Module):
         # checkpoints from before these settings existed read raw features with the reference's init
         norm, prior = config.get("feature_norm"), config.get("mask_prior")
         self.norm = _feature_norm(norm, channels)
+        self.head: nn.Module
         if config["head"] == "mlp":
-            self.head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.Tanh(), nn.Conv2d(channels, 1, 1))
+            self.head = nn.Sequential(
+                nn.Conv2d(channels, channels, 1), nn.Tanh(), nn.Conv2d(channels, 1, 1)
+            )
             for conv in self.head[0::2]:
                 # HF's default init for new heads, as in the reference explainer.
-                nn.init.normal_(conv.weight, std=0.02)
-                nn.init.zeros_(conv.bias)
+                nn.init.normal_(cast(Tensor, conv.weight), std=0.02)
+                nn.init.zeros_(cast(Tensor, conv.bias))
+            last = self.head[-1]
         else:
-            self.head = nn.Conv2d(channels, 1, 1)
+            self.head = last = nn.Conv2d(channels, 1, 1)
         if prior is not None:
-            _prior_init(self.head[-1] if config["head"] == "mlp" else self.head, prior)
+            _prior_init(cast(nn.Conv2d, last), prior)
         # finer feature maps each add their own logits, upsampled coarse to fine, for a finer mask
         self.fine_heads = nn.ModuleList()
         for fine in config["features"].get("fine", ()):
-            fine_head = nn.Sequential(_feature_norm(norm, fine["channels"]), nn.Conv2d(fine["channels"], 1, 1))
-            _prior_init(fine_head[-1], None)
+            fine_head = nn.Sequential(
+                _feature_norm(norm, fine["channels"]), nn.Conv2d(fine["channels"], 1, 1)
+            )
+            _prior_init(cast(nn.Conv2d, fine_head[-1]), None)
             self.fine_heads.append(fine_head)
         classes = config.get("num_classes")
         # the per-class scale is 1 + CLASS_GAIN * class_offset: zero at first (the class-blind explainer),
@@ -232,7 +270,7 @@ class Explainer(nn.Module):
         mask_prior: float | None = DEFAULT_MASK_PRIOR,
         multi_stride: bool = False,
         fine_layers: Sequence[str] | None = None,
-    ) -> "Explainer":
+    ) -> Explainer:
         """Derives an explainer for ``model``.
 
         Args:
@@ -265,35 +303,56 @@ class Explainer(nn.Module):
                 coarse to fine; implies ``multi_stride``.
         """
         if not isinstance(model, nn.Module):
-            raise TypeError(f"`model` must be an nn.Module to derive an explainer from, got {type(model).__name__}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+            raise TypeError(
+                f"`model` must be an nn.Module to derive an explainer from, got {type(model).__name__}"
+            )
+        if num_classes is not None and (
+            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+        ):
             raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}")
         if head is not None and head not in HEADS:
             raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
         if feature_norm is not None and feature_norm not in FEATURE_NORMS:
-            raise ValueError(f"`feature_norm` must be one of {list(FEATURE_NORMS)} or None, got {feature_norm!r}")
-        if mask_prior is not None and (isinstance(mask_prior, bool) or not isinstance(mask_prior, (int, float)) or not 0 < mask_prior < 1):
+            raise ValueError(
+                f"`feature_norm` must be one of {list(FEATURE_NORMS)} or None, got {feature_norm!r}"
+            )
+        if mask_prior is not None and (
+            isinstance(mask_prior, bool)
+            or not isinstance(mask_prior, (int, float))
+            or not 0 < mask_prior < 1
+        ):
             raise ValueError(f"`mask_prior` must be a number in (0, 1) or None, got {mask_prior!r}")
-        if fine_layers is not None and (isinstance(fine_layers, str) or not all(isinstance(n, str) for n in fine_layers)):
-            raise ValueError(f"`fine_layers` must be a sequence of module names, got {fine_layers!r}")
+        if fine_layers is not None and (
+            isinstance(fine_layers, str) or not all(isinstance(n, str) for n in fine_layers)
+        ):
+            raise ValueError(
+                f"`fine_layers` must be a sequence of module names, got {fine_layers!r}"
+            )
         input_size = input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
         if input_size is None or len(input_size) != 3:
-            raise ValueError(f"`input_size` (C, H, W) is needed for a model without timm's pretrained_cfg, got {input_size!r}")
+            raise ValueError(
+                f"`input_size` (C, H, W) is needed for a model without timm's pretrained_cfg, got {input_size!r}"
+            )
         if normalization is not None:
             normalization = check_normalization(normalization)
         else:
             normalization = normalization_of(model)
 
         backbone_kwargs = dict(backbone_kwargs or {})
+        source: dict[str, Any]
         if backbone is None:
             net, source = _detached_copy(model), {"source": "copy"}
             if feature_layer is None and hasattr(net, "reset_classifier"):
-                net.reset_classifier(0)
+                cast(Any, net).reset_classifier(0)
         elif isinstance(backbone, str):
             import timm
 
             net = timm.create_model(backbone, num_classes=0, **backbone_kwargs)
-            kwargs = {k: v for k, v in backbone_kwargs.items() if k not in ("pretrained", "pretrained_cfg_overlay")}
+            kwargs = {
+                k: v
+                for k, v in backbone_kwargs.items()
+                if k not in ("pretrained", "pretrained_cfg_overlay")
+            }
             source = {"source": "timm", "name": backbone, "kwargs": kwargs}
         elif isinstance(backbone, nn.Module):
             raise TypeError(
@@ -301,16 +360,24 @@ class Explainer(nn.Module):
                 "copy the explained model"
             )
         else:
-            raise TypeError(f"`backbone` must be None or a timm model name, got {type(backbone).__name__}")
+            raise TypeError(
+                f"`backbone` must be None or a timm model name, got {type(backbone).__name__}"
+            )
 
         probe = torch.zeros(1, *input_size)
         net.eval()
         if feature_layer is None and hasattr(net, "forward_features"):
             access = {"access": "forward_features", "layer": None}
         else:
-            layer = feature_layer or spatial_order(
-                net, probe, probe_args, "pass `feature_layer` naming the module whose output the mask head should read"
-            )[-1][0]
+            layer = (
+                feature_layer
+                or spatial_order(
+                    net,
+                    probe,
+                    probe_args,
+                    "pass `feature_layer` naming the module whose output the mask head should read",
+                )[-1][0]
+            )
             if layer not in dict(net.named_modules()):
                 raise ValueError(f"`feature_layer` {layer!r} is not a module of the backbone")
             access = {"access": "hook", "layer": layer}
@@ -323,7 +390,9 @@ class Explainer(nn.Module):
             "head": "conv",
             "input_size": list(input_size),
             "mask_size": None,
-            "normalization": [list(normalization[0]), list(normalization[1])] if normalization else None,
+            "normalization": [list(normalization[0]), list(normalization[1])]
+            if normalization
+            else None,
             "model": _model_record(model),
             "training": {},
             "seed": seed,
@@ -340,18 +409,24 @@ class Explainer(nn.Module):
         if raw.dim() == 3:
             features["layout"] = "tokens"
             features["num_prefix_tokens"] = int(
-                num_prefix_tokens if num_prefix_tokens is not None else getattr(net, "num_prefix_tokens", 0)
+                num_prefix_tokens
+                if num_prefix_tokens is not None
+                else getattr(net, "num_prefix_tokens", 0)
             )
         elif raw.dim() == 4:
             fmt = getattr(net, "output_fmt", "NCHW")
             features["layout"] = str(getattr(fmt, "value", fmt))
         else:
-            raise ValueError(f"backbone features must be tokens (B, N, D) or a map (B, C, h, w), got shape {tuple(raw.shape)}")
+            raise ValueError(
+                f"backbone features must be tokens (B, N, D) or a map (B, C, h, w), got shape {tuple(raw.shape)}"
+            )
         grid = _feature_grid(raw, probe.shape[-2:], features)
         features["channels"] = int(grid.shape[1])
         config["mask_size"] = list(grid.shape[-2:])
         if multi_stride or fine_layers is not None:
-            features["fine"] = _fine_features(net, features, probe, net_args, fine_layers, tuple(grid.shape[-2:]))
+            features["fine"] = _fine_features(
+                net, features, probe, net_args, fine_layers, (grid.shape[-2], grid.shape[-1])
+            )
             config["mask_size"] = features["fine"][-1]["size"]
         config["head"] = head or ("mlp" if features["layout"] == "tokens" else "conv")
         with torch.random.fork_rng(devices=[]):
@@ -376,31 +451,43 @@ class Explainer(nn.Module):
         ``x``, computed before, so that only the head runs (finetuning the head alone).
         """
         raw, fines = self.features(x, *additional_forward_args) if features is None else features
-        return self.mask_from_features(raw, fines, x.shape[-2:], target=target, return_low_res=return_low_res)
+        return self.mask_from_features(
+            raw, fines, x.shape[-2:], target=target, return_low_res=return_low_res
+        )
 
     def features(self, x: Tensor, *additional_forward_args: Any) -> tuple[Tensor, list[Tensor]]:
         """The backbone's outputs that the head reads: the main features and the finer maps."""
         return _read_features(self.backbone, self.config["features"], x, *additional_forward_args)
 
     def mask_from_features(
-        self, raw: Tensor, fines: list[Tensor], image_size: Any, *, target: Tensor | None = None, return_low_res: bool = False
+        self,
+        raw: Tensor,
+        fines: list[Tensor],
+        image_size: Any,
+        *,
+        target: Tensor | None = None,
+        return_low_res: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The head's part of :meth:`forward`, on :meth:`features`' outputs."""
         grid = self.norm(_feature_grid(raw, image_size, self.config["features"]))
         if self.class_offset is not None:
             classes = self.class_offset.shape[0]
             if target is None:
-                raise ValueError(f"`target` is needed: this explainer makes a mask per class ({classes} classes)")
+                raise ValueError(
+                    f"`target` is needed: this explainer makes a mask per class ({classes} classes)"
+                )
             target = format_target(target, grid.shape[0], classes).to(grid.device)
             grid = grid * (1 + CLASS_GAIN * self.class_offset[target])[:, :, None, None]
         logits = self.head(grid)
         for fine_head, fine in zip(self.fine_heads, fines):
-            logits = F.interpolate(logits, size=fine.shape[-2:], mode="bilinear", align_corners=False) + fine_head(fine)
+            logits = F.interpolate(
+                logits, size=fine.shape[-2:], mode="bilinear", align_corners=False
+            ) + fine_head(fine)
         low_res = torch.sigmoid(logits)
         mask = F.interpolate(low_res, size=tuple(image_size), mode="bilinear", align_corners=False)
         return (mask, low_res) if return_low_res else mask
 
-    def train(self, mode: bool = True) -> "Explainer":
+    def train(self, mode: bool = True) -> Explainer:
         super().train(mode)
         self.backbone.eval()
         return self
@@ -418,7 +505,9 @@ class Explainer(nn.Module):
 
         os.makedirs(path, exist_ok=True)
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.state_dict().items()}
-        save_file(state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "captum_ltx.Explainer"})
+        save_file(
+            state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "captum_ltx.Explainer"}
+        )
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump(self.config, f, indent=2, sort_keys=True)
 
@@ -426,21 +515,33 @@ class Explainer(nn.Module):
     def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         config_path = os.path.join(path, CONFIG_NAME)
         if not os.path.isdir(path) or not os.path.isfile(config_path):
-            raise ValueError(f"`path` {str(path)!r} is not an explainer checkpoint: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+            raise ValueError(
+                f"`path` {str(path)!r} is not an explainer checkpoint: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
+            )
         try:
             with open(config_path) as f:
                 config = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"`path` {str(path)!r}: {CONFIG_NAME} is not valid JSON ({e})") from None
+            raise ValueError(
+                f"`path` {str(path)!r}: {CONFIG_NAME} is not valid JSON ({e})"
+            ) from None
         required = ("format_version", "backbone", "features", "head", "input_size", "model")
         if not isinstance(config, dict) or any(k not in config for k in required):
             raise ValueError(f"`path` {str(path)!r}: {CONFIG_NAME} lacks the keys {list(required)}")
         if config["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"`path` {str(path)!r}: format version {config['format_version']} is not supported (expected {FORMAT_VERSION})")
+            raise ValueError(
+                f"`path` {str(path)!r}: format version {config['format_version']} is not supported (expected {FORMAT_VERSION})"
+            )
         return config
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False) -> "Explainer":
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        model: nn.Module | None = None,
+        *,
+        transfer: bool = False,
+    ) -> Explainer:
         """A shipped explainer by the name of the model it explains (:func:`available_explainers`), or a
         checkpoint folder; then as :meth:`load`.
 
@@ -451,7 +552,9 @@ class Explainer(nn.Module):
         return cls.load(explainer_folder(name_or_path), model, transfer=transfer)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False) -> "Explainer":
+    def load(
+        cls, path: str | os.PathLike[str], model: nn.Module | None = None, *, transfer: bool = False
+    ) -> Explainer:
         """Loads a checkpoint written by :meth:`save`, onto the CPU.
 
         Args:
@@ -467,42 +570,63 @@ class Explainer(nn.Module):
         from safetensors.torch import load_file
 
         config = cls.read_config(path)
-        transferred = model is not None and transfer and config["model"]["fingerprint"] != architecture_fingerprint(model)
+        transferred = (
+            model is not None
+            and transfer
+            and config["model"]["fingerprint"] != architecture_fingerprint(model)
+        )
         if model is not None and not transferred:
             _check_same_model(path, config, model, transfer_hint=not transfer)
         if transferred:
-            config = _transferred_config(path, config, model)
+            config = _transferred_config(path, config, cast(nn.Module, model))
             config["backbone"] = _rebuilt_backbone_source(path, config)
         source = config["backbone"]
         if source["source"] == "copy":
             if model is None:
-                raise ValueError(f"`model` is needed to load {str(path)!r}: its backbone is a copy of the explained model")
+                raise ValueError(
+                    f"`model` is needed to load {str(path)!r}: its backbone is a copy of the explained model"
+                )
             net = _detached_copy(model)
-            if config["features"]["access"] == "forward_features" and hasattr(net, "reset_classifier"):
-                net.reset_classifier(0)
+            if config["features"]["access"] == "forward_features" and hasattr(
+                net, "reset_classifier"
+            ):
+                cast(Any, net).reset_classifier(0)
         else:
             import timm
 
-            net = timm.create_model(source["name"], **{"num_classes": 0, **source.get("kwargs", {})})
+            net = timm.create_model(
+                source["name"], **{"num_classes": 0, **source.get("kwargs", {})}
+            )
         explainer = cls(net, config)
         try:
             state = load_file(os.path.join(path, WEIGHTS_NAME))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"`path` {str(path)!r}: {WEIGHTS_NAME} is not a readable safetensors file ({e})") from None
+            raise ValueError(
+                f"`path` {str(path)!r}: {WEIGHTS_NAME} is not a readable safetensors file ({e})"
+            ) from None
         try:
             explainer.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise ValueError(f"`path` {str(path)!r}: weights do not fit the explainer ({str(e).splitlines()[0]})") from None
+            raise ValueError(
+                f"`path` {str(path)!r}: weights do not fit the explainer ({str(e).splitlines()[0]})"
+            ) from None
         return explainer
 
 
-def _check_same_model(path: Any, config: dict[str, Any], model: nn.Module, transfer_hint: bool) -> None:
+def _check_same_model(
+    path: Any, config: dict[str, Any], model: nn.Module, transfer_hint: bool
+) -> None:
     expected, actual = config["model"]["fingerprint"], architecture_fingerprint(model)
     if expected != actual:
         raise ValueError(
             f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} with architecture "
             f"fingerprint {expected}, but the explained model is a {type(model).__qualname__} with "
-            f"fingerprint {actual}" + ("; to explain this model with it anyway, pass transfer=True" if transfer_hint else "")
+            f"fingerprint {actual}"
+            + (
+                "; to explain this model with it anyway, pass transfer=True"
+                if transfer_hint
+                else ""
+            )
         )
     # checkpoints from before the layout was recorded are checked on their weights' shapes alone
     expected_layout, actual_layout = config["model"].get("layout"), layout_fingerprint(model)
@@ -523,8 +647,13 @@ def _transferred_config(path: Any, config: dict[str, Any], model: nn.Module) -> 
             f"is {theirs}, the explained model's {[list(v) for v in ours]}"
         )
     if theirs is not None and ours is None:
-        warnings.warn(f"transfer of {str(path)!r}: the explained model records no normalisation; the explainer expects {theirs}", stacklevel=3)
-    classes = config.get("num_classes")  # a class-conditioned head has a row per class of the first model
+        warnings.warn(
+            f"transfer of {str(path)!r}: the explained model records no normalisation; the explainer expects {theirs}",
+            stacklevel=3,
+        )
+    classes = config.get(
+        "num_classes"
+    )  # a class-conditioned head has a row per class of the first model
     if classes is not None and classes != getattr(model, "num_classes", classes):
         raise ValueError(
             f"`path` {str(path)!r}: its explainer reads the class ({classes} classes); the explained model has {model.num_classes}"
@@ -542,5 +671,11 @@ def _rebuilt_backbone_source(path: Any, config: dict[str, Any]) -> dict[str, Any
             f"`path` {str(path)!r}: its backbone copies a {made_for['class']} whose timm architecture is not recorded, so it "
             "cannot be rebuilt to explain another model; re-make the checkpoint with a timm model"
         )
-    keeps_classifier = config["features"]["access"] != "forward_features"  # a hooked backbone is the whole model
-    return {"source": "timm", "name": made_for["architecture"], "kwargs": {"num_classes": made_for["num_classes"]} if keeps_classifier else {}}
+    keeps_classifier = (
+        config["features"]["access"] != "forward_features"
+    )  # a hooked backbone is the whole model
+    return {
+        "source": "timm",
+        "name": made_for["architecture"],
+        "kwargs": {"num_classes": made_for["num_classes"]} if keeps_classifier else {},
+    }

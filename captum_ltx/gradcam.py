@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from captum.attr import LayerGradCam
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from ._base import MapAttribution
 from ._cnn import last_stage, resolve_layer
+from ._maps import spatial_size
 from ._vit import num_prefix_tokens, token_grid
 
 
@@ -68,7 +70,13 @@ class GradCAM(MapAttribution):
     name = "GradCAM"
     batched = True
 
-    def __init__(self, forward_func: Callable[..., Tensor], layer: str | nn.Module | None = None, *, normalize: bool = True) -> None:
+    def __init__(
+        self,
+        forward_func: nn.Module,
+        layer: str | nn.Module | None = None,
+        *,
+        normalize: bool = True,
+    ) -> None:
         super().__init__(forward_func, normalize=normalize)
         if layer is not None:
             resolve_layer(forward_func, layer)
@@ -77,13 +85,19 @@ class GradCAM(MapAttribution):
     def _maps(self, x: Tensor, target: Tensor, baseline: Tensor, args: tuple[Any, ...]) -> Tensor:
         model = self.forward_func
         if self.family == "vit":
-            name = self.layer if isinstance(self.layer, str) else f"blocks.{len(model.blocks) - 1}.norm1"
-            with _token_grid_after(model, name, token_grid(model, tuple(x.shape[-2:]))) as grid:
+            name = (
+                self.layer
+                if isinstance(self.layer, str)
+                else f"blocks.{len(model.blocks) - 1}.norm1"
+            )
+            with _token_grid_after(model, name, token_grid(model, spatial_size(x))) as grid:
                 return self._layer_gradcam(grid, x, target, args)
         layer = self.layer if self.layer is not None else last_stage(model, x, args)
         return self._layer_gradcam(resolve_layer(model, layer), x, target, args)
 
-    def _layer_gradcam(self, layer: nn.Module, x: Tensor, target: Tensor, args: tuple[Any, ...]) -> Tensor:
+    def _layer_gradcam(
+        self, layer: nn.Module, x: Tensor, target: Tensor, args: tuple[Any, ...]
+    ) -> Tensor:
         return LayerGradCam(self.forward_func, layer).attribute(
             x, target=target, additional_forward_args=args or None, relu_attributions=True
         )

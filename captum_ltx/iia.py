@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ._base import MapAttribution
 from ._cnn import gradients_at, stage_outputs
 from ._integrated import LayerPair, alphas, runner, steps
+from ._maps import spatial_size
 from ._validation import repeat_rows
 from ._vit import attention_relevance, clean_attention, output_row_map, rollout
 
@@ -54,7 +55,7 @@ class IIA(MapAttribution):
 
     def __init__(
         self,
-        forward_func: Callable[..., Tensor],
+        forward_func: nn.Module,
         *,
         variant: int = 2,
         n_steps: int | None = None,
@@ -78,7 +79,9 @@ class IIA(MapAttribution):
             return self._vit(x, path, a, target, args)
         return self._cnn(x, path, a, target, args)
 
-    def _cnn(self, x: Tensor, path: Tensor, a: Tensor, target: Tensor, args: tuple[Any, ...]) -> Tensor:
+    def _cnn(
+        self, x: Tensor, path: Tensor, a: Tensor, target: Tensor, args: tuple[Any, ...]
+    ) -> Tensor:
         run, chunk, points = runner(self.forward_func, x, args), self.internal_batch_size, a.numel()
         previous, last = self.layers.cnn(x, args)
         with torch.no_grad():
@@ -97,7 +100,9 @@ class IIA(MapAttribution):
         u = outputs[previous]
         r = u.amin(dim=0)
         w = (r + a.view(-1, 1, 1, 1, 1) * (u - r)).transpose(0, 1).flatten(0, 1)  # (k, j) points
-        t = stage_outputs(run, previous, w, last, args, chunk).view(points, points, *outputs[last].shape[1:])
+        t = stage_outputs(run, previous, w, last, args, chunk).view(
+            points, points, *outputs[last].shape[1:]
+        )
         total = torch.zeros_like(t[0, 0])
         for j in range(points):
             s = t[:, j].amin(dim=0)
@@ -106,20 +111,28 @@ class IIA(MapAttribution):
             total += (g * z.clamp_min(0)).clamp_min(0).sum(dim=0)
         return total.sum(dim=0)[None, None]
 
-    def _vit(self, x: Tensor, path: Tensor, a: Tensor, target: Tensor, args: tuple[Any, ...]) -> Tensor:
+    def _vit(
+        self, x: Tensor, path: Tensor, a: Tensor, target: Tensor, args: tuple[Any, ...]
+    ) -> Tensor:
         previous, last = self.layers.vit()
         points = a.numel()
         attention = clean_attention(self.forward_func, path, repeat_rows(args, points, 1))
         if self.variant == 2:
             images = path.repeat_interleave(points, dim=0)  # (k, j) points
-            replace = {last: attention[last].repeat_interleave(points, dim=0) * a.repeat(points).view(-1, 1, 1, 1)}
+            replace = {
+                last: attention[last].repeat_interleave(points, dim=0)
+                * a.repeat(points).view(-1, 1, 1, 1)
+            }
         else:
             images = path.repeat_interleave(points * points, dim=0)  # (k, j, l) points
             scale_last = a.repeat_interleave(points).repeat(points).view(-1, 1, 1, 1)
             scale_previous = a.repeat(points * points).view(-1, 1, 1, 1)
             replace = {
                 last: attention[last].repeat_interleave(points * points, dim=0) * scale_last,
-                previous: attention[previous].repeat_interleave(points * points, dim=0) * scale_previous,
+                previous: attention[previous].repeat_interleave(points * points, dim=0)
+                * scale_previous,
             }
-        relevance = attention_relevance(self.forward_func, images, replace, target, args, self.internal_batch_size)
-        return output_row_map(rollout(relevance), self.forward_func, tuple(x.shape[-2:]))
+        relevance = attention_relevance(
+            self.forward_func, images, replace, target, args, self.internal_batch_size
+        )
+        return output_row_map(rollout(relevance), self.forward_func, spatial_size(x))

@@ -6,7 +6,8 @@ import copy
 import dataclasses
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from captum.attr import Attribution
@@ -14,7 +15,13 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ._base import single_image_input
-from ._model import black_in_input_space, check_normalization, eval_mode, normalization_of, num_classes_of
+from ._model import (
+    black_in_input_space,
+    check_normalization,
+    eval_mode,
+    normalization_of,
+    num_classes_of,
+)
 from ._validation import (
     check_choice,
     check_images,
@@ -141,13 +148,22 @@ class LTXAttribution(Attribution):
         if not callable(forward_func):
             raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
         super().__init__(forward_func)
-        for name, value in (("lr", lr), ("backbone_lr", backbone_lr), ("mask_weight", mask_weight), ("weight_decay", weight_decay)):
-            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+        for name, value in (
+            ("lr", lr),
+            ("backbone_lr", backbone_lr),
+            ("mask_weight", mask_weight),
+            ("weight_decay", weight_decay),
+        ):
+            if value is not None and (
+                not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            ):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         self.weight_decay = float(weight_decay)
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
-        self.batch_size = None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        self.batch_size = (
+            None if batch_size is None else check_positive_int(batch_size, "batch_size")
+        )
         if not isinstance(autocast, bool):
             raise TypeError(f"`autocast` must be a bool, got {type(autocast).__name__}")
         self.autocast = autocast
@@ -155,7 +171,9 @@ class LTXAttribution(Attribution):
 
         if explainer is None:
             if not isinstance(forward_func, nn.Module):
-                raise TypeError("`explainer` must be given when `forward_func` is not an nn.Module to copy a backbone from")
+                raise TypeError(
+                    "`explainer` must be given when `forward_func` is not an nn.Module to copy a backbone from"
+                )
             self.explainer: Explainer | None = None
         elif isinstance(explainer, Explainer):
             self.explainer = explainer
@@ -163,7 +181,9 @@ class LTXAttribution(Attribution):
             model = forward_func if isinstance(forward_func, nn.Module) else None
             self.explainer = Explainer.from_pretrained(explainer, model, transfer=transfer)
         else:
-            raise TypeError(f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}")
+            raise TypeError(
+                f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}"
+            )
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
         self._rates = (lr, backbone_lr)
@@ -171,14 +191,24 @@ class LTXAttribution(Attribution):
         self.backbone_lr: float | None = None
         if self.explainer is not None:
             self._resolve_rates(self.explainer)
-        self.finetune = check_choice(finetune if finetune is not None else chosen.get("finetune", "all"), "finetune", FINETUNED_PARTS)
+        self.finetune = check_choice(
+            finetune if finetune is not None else chosen.get("finetune", "all"),
+            "finetune",
+            FINETUNED_PARTS,
+        )
         patience = patience if patience is not None else chosen.get("patience")
         self.patience = None if patience is None else check_positive_int(patience, "patience")
         self.finetune_steps = check_positive_int(
-            finetune_steps if finetune_steps is not None else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
-            "finetune_steps", allow_zero=True)
+            finetune_steps
+            if finetune_steps is not None
+            else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
+            "finetune_steps",
+            allow_zero=True,
+        )
         if objective is not None and not isinstance(objective, (LTXObjective, dict)):
-            raise TypeError(f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}")
+            raise TypeError(
+                f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}"
+            )
         # "mask_weight" alone was written before the objective was recorded whole
         legacy = {"mask_weight": chosen["mask_weight"]} if "mask_weight" in chosen else {}
         if "objective" in chosen:
@@ -190,12 +220,18 @@ class LTXAttribution(Attribution):
         if isinstance(objective, LTXObjective):
             objective = objective.to_config()
         base = {**recorded, **objective} if objective is not None else recorded
-        self.objective = LTXObjective.from_config(base, mask_weight=mask_weight, counterfactual=counterfactual)
+        self.objective = LTXObjective.from_config(
+            base, mask_weight=mask_weight, counterfactual=counterfactual
+        )
 
         if normalization is not None:
-            self.normalization = check_normalization(normalization)
+            self.normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = (
+                check_normalization(normalization)
+            )
         else:
-            self.normalization = normalization_of(forward_func) or (self.explainer.normalization if self.explainer else None)
+            self.normalization = normalization_of(forward_func) or (
+                self.explainer.normalization if self.explainer else None
+            )
         self._work: Explainer | None = None
 
     @classmethod
@@ -235,8 +271,10 @@ class LTXAttribution(Attribution):
             Tensor (or 1-tuple, if ``inputs`` was a tuple) of the inputs' shape, values in [0, 1].
         """
         x, is_tuple = single_image_input(inputs, "LTX")
-        steps = self.finetune_steps if finetune_steps is None else check_positive_int(
-            finetune_steps, "finetune_steps", allow_zero=True
+        steps = (
+            self.finetune_steps
+            if finetune_steps is None
+            else check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
         )
         if self.explainer is not None:
             check_images(x, channels=self.explainer.config["input_size"][0])
@@ -248,24 +286,30 @@ class LTXAttribution(Attribution):
             work = self._working_explainer(x, select_rows(args, slice(0, 1), batch))
             fill = format_baseline(baselines, x, black_in_input_space(self.normalization, x))
             # baselines the caller gives replace the objective's own (blur, mix)
-            objective = self.objective if baselines is None else dataclasses.replace(self.objective, baseline="black")
+            objective = (
+                self.objective
+                if baselines is None
+                else dataclasses.replace(self.objective, baseline="black")
+            )
             if steps == 0:
                 with torch.no_grad():
                     mask = work(x, *args, target=targets)
             else:
                 size = self.batch_size or _default_batch_size(x, self.finetune)
-                mask = torch.cat([
-                    self._finetune(
-                        work,
-                        x[rows],
-                        targets[rows],
-                        fill[rows] if fill.dim() == 4 and fill.shape[0] == batch else fill,
-                        select_rows(args, rows, batch),
-                        steps,
-                        objective,
-                    )
-                    for rows in (slice(i, i + size) for i in range(0, batch, size))
-                ])
+                mask = torch.cat(
+                    [
+                        self._finetune(
+                            work,
+                            x[rows],
+                            targets[rows],
+                            fill[rows] if fill.dim() == 4 and fill.shape[0] == batch else fill,
+                            select_rows(args, rows, batch),
+                            steps,
+                            objective,
+                        )
+                        for rows in (slice(i, i + size) for i in range(0, batch, size))
+                    ]
+                )
         attributions = mask.detach().to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
 
@@ -297,14 +341,29 @@ class LTXAttribution(Attribution):
         """
         lr, backbone_lr = self._rates
         chosen = explainer.config.get("finetuning", {})
-        fresh = not explainer.config.get("training") and explainer.config.get("mask_prior") is not None
-        default = FRESH_HEAD_STEP / explainer.config["features"]["channels"] if fresh else DEFAULT_LR
+        fresh = (
+            not explainer.config.get("training") and explainer.config.get("mask_prior") is not None
+        )
+        default = (
+            FRESH_HEAD_STEP / explainer.config["features"]["channels"] if fresh else DEFAULT_LR
+        )
         self.lr = float(lr if lr is not None else chosen.get("lr", default))
-        default_backbone = FRESH_BACKBONE_LR if fresh and lr is None and "lr" not in chosen else self.lr
-        self.backbone_lr = float(backbone_lr if backbone_lr is not None else chosen.get("backbone_lr", default_backbone))
+        default_backbone = (
+            FRESH_BACKBONE_LR if fresh and lr is None and "lr" not in chosen else self.lr
+        )
+        self.backbone_lr = float(
+            backbone_lr if backbone_lr is not None else chosen.get("backbone_lr", default_backbone)
+        )
 
     def _finetune(
-        self, work: Explainer, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...], steps: int, objective: LTXObjective
+        self,
+        work: Explainer,
+        x: Tensor,
+        target: Tensor,
+        fill: Tensor,
+        args: tuple[Any, ...],
+        steps: int,
+        objective: LTXObjective,
     ) -> Tensor:
         """Finetunes one copy of the explainer's trained parameters per image of ``x``, all together.
 
@@ -313,16 +372,38 @@ class LTXAttribution(Attribution):
         explained model's forward, which in eval mode treats each row on its own.
         """
         n = x.shape[0]
-        trained = {name: p for name, p in work.named_parameters() if self.finetune == "all" or not name.startswith("backbone.")}
-        copies = {name: p.detach().unsqueeze(0).repeat(n, *([1] * p.dim())).requires_grad_(True) for name, p in trained.items()}
-        groups = [{"params": [p for name, p in copies.items() if not name.startswith("backbone.")], "lr": self.lr}]
+        trained = {
+            name: p
+            for name, p in work.named_parameters()
+            if self.finetune == "all" or not name.startswith("backbone.")
+        }
+        copies = {
+            name: p.detach().unsqueeze(0).repeat(n, *([1] * p.dim())).requires_grad_(True)
+            for name, p in trained.items()
+        }
+        assert self.lr is not None  # resolved with the explainer, before any finetuning
+        groups: list[dict[str, Any]] = [
+            {
+                "params": [p for name, p in copies.items() if not name.startswith("backbone.")],
+                "lr": self.lr,
+            }
+        ]
         if self.finetune == "all":
-            groups.append({"params": [p for name, p in copies.items() if name.startswith("backbone.")], "lr": self.backbone_lr})
+            groups.append(
+                {
+                    "params": [p for name, p in copies.items() if name.startswith("backbone.")],
+                    "lr": self.backbone_lr,
+                }
+            )
         params = [p for g in groups for p in g["params"]]
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, weight_decay=self.weight_decay, **_fastest_adamw(x))
+        optimizer = torch.optim.AdamW(
+            groups, lr=self.lr, weight_decay=self.weight_decay, fused=_fused_adamw(x)
+        )
         blur = blurred(x) if objective.baseline in ("blur", "mix") else None
         features = None
-        if self.finetune == "head":  # the backbone is fixed: its features once per image, no backward through it
+        if (
+            self.finetune == "head"
+        ):  # the backbone is fixed: its features once per image, no backward through it
             with torch.no_grad(), self._precision(x):
                 features = work.features(x, *args)
         path = _FinetuningPath(self.selection, n, self.patience, self.pos_auc_early_stop)
@@ -330,21 +411,33 @@ class LTXAttribution(Attribution):
             for step in range(steps + 1):
                 with self._precision(x):
                     mask, low_res = self._masks(work, copies, x, target, args, features)
-                    losses = objective(self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur)
+                    losses = objective(
+                        self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur
+                    )
                 mask = mask.to(x.dtype)
-                score = self._pos_auc(mask, x, target, fill, args) if self.selection == "pos_auc" else losses.detach()
+                score = (
+                    self._pos_auc(mask, x, target, fill, args)
+                    if self.selection == "pos_auc"
+                    else losses.detach()
+                )
                 path.see(mask.detach(), losses.detach(), score)
                 if step == steps or path.finished:
                     break
                 # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
-                for p, g in zip(params, torch.autograd.grad(losses.sum(), params, allow_unused=True)):
+                for p, g in zip(
+                    params, torch.autograd.grad(losses.sum(), params, allow_unused=True)
+                ):
                     p.grad = g
                 optimizer.step()
         return path.result()
 
     @staticmethod
     def _masks(
-        work: Explainer, copies: dict[str, Tensor], x: Tensor, target: Tensor, args: tuple[Any, ...],
+        work: Explainer,
+        copies: dict[str, Tensor],
+        x: Tensor,
+        target: Tensor,
+        args: tuple[Any, ...],
         features: tuple[Tensor, list[Tensor]] | None,
     ) -> tuple[Tensor, Tensor]:
         """Each image's mask from its own copy of the trained parameters."""
@@ -352,20 +445,40 @@ class LTXAttribution(Attribution):
         masks = []
         for i in range(n):
             own = {name: p[i] for name, p in copies.items()}
-            row_features = None if features is None else (features[0][i : i + 1], [f[i : i + 1] for f in features[1]])
-            masks.append(torch.func.functional_call(
-                work, own, (x[i : i + 1], *select_rows(args, slice(i, i + 1), n)),
-                {"target": target[i : i + 1], "return_low_res": True, "features": row_features},
-            ))
+            row_features = (
+                None
+                if features is None
+                else (features[0][i : i + 1], [f[i : i + 1] for f in features[1]])
+            )
+            masks.append(
+                torch.func.functional_call(
+                    work,
+                    own,
+                    (x[i : i + 1], *select_rows(args, slice(i, i + 1), n)),
+                    {"target": target[i : i + 1], "return_low_res": True, "features": row_features},
+                )
+            )
         return torch.cat([m for m, _ in masks]), torch.cat([low for _, low in masks])
 
     def _precision(self, x: Tensor) -> Any:
-        return torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.autocast)
-
-    def _pos_auc(self, mask: Tensor, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]) -> Tensor:
-        return perturbation_auc(
-            self.forward_func, x, mask.detach(), target, order="positive", baseline=fill, additional_forward_args=args or None
+        return torch.autocast(
+            device_type=x.device.type, dtype=torch.bfloat16, enabled=self.autocast
         )
+
+    def _pos_auc(
+        self, mask: Tensor, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]
+    ) -> Tensor:
+        auc = perturbation_auc(
+            self.forward_func,
+            x,
+            mask.detach(),
+            target,
+            order="positive",
+            baseline=fill,
+            additional_forward_args=args or None,
+        )
+        assert isinstance(auc, Tensor)  # no curves asked for
+        return auc
 
 
 def _default_batch_size(x: Tensor, finetune: str) -> int:
@@ -377,10 +490,12 @@ def _default_batch_size(x: Tensor, finetune: str) -> int:
     return 8 if finetune == "head" else 1
 
 
-def _fastest_adamw(x: Tensor) -> dict[str, bool]:
+def _fused_adamw(x: Tensor) -> bool | None:
     """AdamW's fused kernel where torch has one (3.8x the for-loop's step on CPU, issue 21); the same
-    arithmetic per element, so it changes no result beyond rounding."""
-    return {"fused": True} if x.device.type in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float64) else {}
+    arithmetic per element, so it changes no result beyond rounding. ``None``: torch's default."""
+    if x.device.type in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float64):
+        return True
+    return None
 
 
 class _FinetuningPath:
@@ -391,8 +506,14 @@ class _FinetuningPath:
     so an image finetuned among others gets the mask it would get alone.
     """
 
-    def __init__(self, selection: str, n: int, patience: int | None, pos_auc_early_stop: float) -> None:
-        self.selection, self.patience, self.pos_auc_early_stop = selection, patience, pos_auc_early_stop
+    def __init__(
+        self, selection: str, n: int, patience: int | None, pos_auc_early_stop: float
+    ) -> None:
+        self.selection, self.patience, self.pos_auc_early_stop = (
+            selection,
+            patience,
+            pos_auc_early_stop,
+        )
         self.active = torch.ones(n, dtype=torch.bool)
         self.best_score = torch.full((n,), math.inf, dtype=torch.float64)
         self.best_loss = torch.full((n,), math.inf, dtype=torch.float64)
@@ -413,7 +534,9 @@ class _FinetuningPath:
         self.chosen = mask.clone() if self.chosen is None else torch.where(rows, mask, self.chosen)
         if self.selection == "mean":
             kept = active.to(mask.device).view_as(rows)
-            self.mask_sum = torch.where(kept, mask, 0) + (0 if self.mask_sum is None else self.mask_sum)
+            self.mask_sum = torch.where(kept, mask, 0) + (
+                0 if self.mask_sum is None else self.mask_sum
+            )
         self.seen += active.long()
         improved = loss < self.best_loss
         self.best_loss = torch.where(active & improved, loss, self.best_loss)
@@ -433,7 +556,10 @@ class _FinetuningPath:
         assert self.chosen is not None
         if self.selection == "mean":
             assert self.mask_sum is not None
-            return self.mask_sum / self.seen.to(self.mask_sum).view(-1, *([1] * (self.mask_sum.dim() - 1)))
+            return self.mask_sum / self.seen.to(self.mask_sum).view(
+                -1, *([1] * (self.mask_sum.dim() - 1))
+            )
         return self.chosen
+
 
 LTX = LTXAttribution

@@ -11,8 +11,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from captum.attr import Attribution
 
@@ -29,17 +30,16 @@ class MethodSpec:
     build: Callable[..., Attribution]
     families: tuple[str, ...]
     summary: str
-    per_channel: bool = False
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
-def register(name: str, families: tuple[str, ...], summary: str, per_channel: bool = False) -> Callable:
+def register(name: str, families: tuple[str, ...], summary: str) -> Callable:
     def add(build: Callable[..., Attribution]) -> Callable[..., Attribution]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is registered already")
-        _REGISTRY[name] = MethodSpec(name, build, families, summary, per_channel)
+        _REGISTRY[name] = MethodSpec(name, build, families, summary)
         return build
 
     return add
@@ -66,21 +66,31 @@ def create(name: str, model: Any, **options: Any) -> Attribution:
     entry = spec(name)
     family = model_family(model)
     if family not in entry.families:
-        raise ValueError(f"method {name!r} supports {' and '.join(entry.families)} models; this model is a {family}")
+        raise ValueError(
+            f"method {name!r} supports {' and '.join(entry.families)} models; this model is a {family}"
+        )
     return entry.build(model, **options)
 
 
 BOTH = ("cnn", "vit")
 
 
-@register("ltx", BOTH, "LTX: pretrained explainer finetuned per image, mask chosen by the lowest objective")
+@register(
+    "ltx",
+    BOTH,
+    "LTX: pretrained explainer finetuned per image, mask chosen by the lowest objective",
+)
 def _ltx(model: Any, explainer: Any = None, **options: Any) -> Attribution:
     from .ltx import LTX
 
     return LTX(model, explainer, **options)
 
 
-@register("ltx_pos_auc", BOTH, "LTX with the reference's mask selection by positive-perturbation AUC (selects by the benchmark's metric)")
+@register(
+    "ltx_pos_auc",
+    BOTH,
+    "LTX with the reference's mask selection by positive-perturbation AUC (selects by the benchmark's metric)",
+)
 def _ltx_pos_auc(model: Any, explainer: Any = None, **options: Any) -> Attribution:
     from .ltx import LTX
 
@@ -92,40 +102,48 @@ def _pltx(model: Any, explainer: Any = None, **options: Any) -> Attribution:
     from .ltx import LTX
 
     if "finetune_steps" in options:
-        raise ValueError("`finetune_steps`: pltx never finetunes (it is one explainer forward); use method 'ltx'")
+        raise ValueError(
+            "`finetune_steps`: pltx never finetunes (it is one explainer forward); use method 'ltx'"
+        )
     return LTX(model, explainer, finetune_steps=0, **options)
 
 
-@register("ig", BOTH, "Integrated Gradients (Captum), per channel", per_channel=True)
-def _ig(model: Any, n_steps: int = 50, internal_batch_size: int | None = None, **options: Any) -> Attribution:
+@register("ig", BOTH, "Integrated Gradients (Captum), per channel")
+def _ig(
+    model: Any, n_steps: int = 50, internal_batch_size: int | None = None, **options: Any
+) -> Attribution:
     from ._captum import IntegratedGradients
 
     defaults = {"n_steps": n_steps, "internal_batch_size": internal_batch_size}
     return IntegratedGradients(model, attribute_defaults=defaults, **options)
 
 
-@register("saliency", BOTH, "absolute input gradient (Captum Saliency), per channel", per_channel=True)
+@register("saliency", BOTH, "absolute input gradient (Captum Saliency), per channel")
 def _saliency(model: Any, **options: Any) -> Attribution:
     from ._captum import Saliency
 
     return Saliency(model, **options)
 
 
-@register("input_x_gradient", BOTH, "input times gradient (Captum), per channel", per_channel=True)
+@register("input_x_gradient", BOTH, "input times gradient (Captum), per channel")
 def _input_x_gradient(model: Any, **options: Any) -> Attribution:
     from ._captum import InputXGradient
 
     return InputXGradient(model, **options)
 
 
-@register("occlusion", BOTH, "sliding-window occlusion (Captum)", per_channel=True)
+@register("occlusion", BOTH, "sliding-window occlusion (Captum)")
 def _occlusion(model: Any, **options: Any) -> Attribution:
     from ._captum import Occlusion
 
     return Occlusion(model, **options)
 
 
-@register("gradcam", BOTH, "Grad-CAM at the last feature stage (CNN) or the last block's norm1 tokens (ViT)")
+@register(
+    "gradcam",
+    BOTH,
+    "Grad-CAM at the last feature stage (CNN) or the last block's norm1 tokens (ViT)",
+)
 def _gradcam(model: Any, **options: Any) -> Attribution:
     from .gradcam import GradCAM
 

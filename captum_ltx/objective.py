@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,16 @@ def area_loss(low_res_mask: Tensor, area: tuple[float, float]) -> Tensor:
 def total_variation(low_res_mask: Tensor) -> Tensor:
     """Mean absolute difference between neighbouring locations (both axes), one value per image."""
     m = low_res_mask[:, 0]
-    dh = (m[:, 1:, :] - m[:, :-1, :]).abs().flatten(1).mean(dim=1) if m.shape[1] > 1 else m.new_zeros(m.shape[0])
-    dw = (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).mean(dim=1) if m.shape[2] > 1 else m.new_zeros(m.shape[0])
+    dh = (
+        (m[:, 1:, :] - m[:, :-1, :]).abs().flatten(1).mean(dim=1)
+        if m.shape[1] > 1
+        else m.new_zeros(m.shape[0])
+    )
+    dw = (
+        (m[:, :, 1:] - m[:, :, :-1]).abs().flatten(1).mean(dim=1)
+        if m.shape[2] > 1
+        else m.new_zeros(m.shape[0])
+    )
     return dh + dw
 
 
@@ -106,7 +115,12 @@ class LTXObjective:
     def __post_init__(self) -> None:
         for name in ("mask_weight", "complement_weight", "area_weight", "tv_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
         if self.baseline not in BASELINES:
             raise ValueError(f"`baseline` must be one of {list(BASELINES)}, got {self.baseline!r}")
@@ -115,7 +129,9 @@ class LTXObjective:
             try:
                 low, high = (float(a) for a in area)
             except (TypeError, ValueError):
-                raise ValueError(f"`area` must be a fraction or a pair (low, high) of fractions, got {self.area!r}") from None
+                raise ValueError(
+                    f"`area` must be a fraction or a pair (low, high) of fractions, got {self.area!r}"
+                ) from None
             if not 0 <= low <= high <= 1:
                 raise ValueError(f"`area` must satisfy 0 <= low <= high <= 1, got {self.area!r}")
             object.__setattr__(self, "area", (low, high))
@@ -128,7 +144,7 @@ class LTXObjective:
         return config
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], **overrides: Any) -> "LTXObjective":
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> LTXObjective:
         """Reads :meth:`to_config`'s dict (missing keys take the defaults); ``overrides`` win."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(config) - known)
@@ -160,7 +176,9 @@ class LTXObjective:
             if self.baseline == "blur":
                 fill = blur
             else:
-                pick = torch.rand(x.shape[0], generator=generator).to(x.device).view(-1, 1, 1, 1) < 0.5
+                pick = (
+                    torch.rand(x.shape[0], generator=generator).to(x.device).view(-1, 1, 1, 1) < 0.5
+                )
                 fill = torch.where(pick, blur, baseline.expand_as(x))
         elif self.baseline == "mix":
             # both fills in one forward of twice the batch, image by image: [x0 on black, x0 on blur, x1 ...]
@@ -174,10 +192,18 @@ class LTXObjective:
                 repeat_rows(additional_forward_args, 2, n),
             )
             return both.view(n, 2).mean(dim=1) + self._mask_terms(low_res_mask)
-        return self._removal_terms(forward_func, x, mask, target, fill, additional_forward_args) + self._mask_terms(low_res_mask)
+        return self._removal_terms(
+            forward_func, x, mask, target, fill, additional_forward_args
+        ) + self._mask_terms(low_res_mask)
 
     def _removal_terms(
-        self, forward_func: Callable[..., Tensor], x: Tensor, mask: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]
+        self,
+        forward_func: Callable[..., Tensor],
+        x: Tensor,
+        mask: Tensor,
+        target: Tensor,
+        fill: Tensor,
+        args: tuple[Any, ...],
     ) -> Tensor:
         logits = forward_func(masked_input(x, mask, fill), *args)
         loss = F.cross_entropy(logits, target, reduction="none")
@@ -206,4 +232,3 @@ DEFAULT_FINETUNING_OBJECTIVE = LTXObjective(baseline="mix", tv_weight=0.5)
 # What pretraining minimises unless told otherwise: the reference objective with the black/blur
 # mixture, drawn per image (the same ablation: equal or better on all three models).
 DEFAULT_PRETRAINING_OBJECTIVE = LTXObjective(baseline="mix")
-

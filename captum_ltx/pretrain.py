@@ -8,7 +8,8 @@ import dataclasses
 import json
 import os
 import warnings
-from typing import Any
+from collections.abc import Sized
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -18,7 +19,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorData
 from tqdm.auto import tqdm
 
 from ._distributed import rank_and_world
-from ._model import black_in_input_space, check_normalization, eval_mode, frozen_parameters, normalization_of
+from ._model import (
+    black_in_input_space,
+    check_normalization,
+    eval_mode,
+    frozen_parameters,
+    normalization_of,
+)
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
@@ -34,7 +41,14 @@ def _as_dataset(data: Any, name: str) -> Dataset:
         return TensorDataset(data)
     if isinstance(data, Dataset) or hasattr(data, "__getitem__"):
         return data
-    raise TypeError(f"`{name}` must be a tensor of images or a Dataset of images or (image, label) pairs, got {type(data).__name__}")
+    raise TypeError(
+        f"`{name}` must be a tensor of images or a Dataset of images or (image, label) pairs, got {type(data).__name__}"
+    )
+
+
+def _size(data: Dataset) -> int:
+    """The length of a data set: every one pretraining takes has one (``Dataset`` does not say so)."""
+    return len(cast(Sized, data))
 
 
 def _skipped_files(data: Any) -> int:
@@ -50,22 +64,32 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
         return batch, None
     if isinstance(batch, (list, tuple)):
         return batch[0], (batch[1] if len(batch) > 1 else None)
-    raise TypeError(f"data items must be images or (image, label) pairs, got {type(batch).__name__}")
+    raise TypeError(
+        f"data items must be images or (image, label) pairs, got {type(batch).__name__}"
+    )
 
 
-def _targets(model: nn.Module, x: Tensor, labels: Tensor | None, target: str, draw: int = 0) -> Tensor:
+def _targets(
+    model: nn.Module, x: Tensor, labels: Tensor | None, target: str, draw: int = 0
+) -> Tensor:
     if target == "label":
         if labels is None:
-            raise ValueError("`target='label'` needs (image, label) items; use target='predicted' for unlabelled data")
+            raise ValueError(
+                "`target='label'` needs (image, label) items; use target='predicted' for unlabelled data"
+            )
         if (labels < 0).any():  # ImageFolderData.UNLABELLED: a flat folder has no classes
-            raise ValueError("`target='label'` needs labelled data (a folder of class folders); use target='predicted'")
+            raise ValueError(
+                "`target='label'` needs labelled data (a folder of class folders); use target='predicted'"
+            )
         return labels.to(x.device).long()
     with torch.no_grad():
         logits = model(x)
     if target == "sampled":
         # a generator per batch (``draw``): a resumed run draws the classes an uninterrupted one would
         generator = torch.Generator().manual_seed(draw)
-        return torch.multinomial(logits.float().softmax(dim=1).cpu(), 1, generator=generator)[:, 0].to(x.device)
+        return torch.multinomial(logits.float().softmax(dim=1).cpu(), 1, generator=generator)[
+            :, 0
+        ].to(x.device)
     return logits.argmax(dim=1)
 
 
@@ -79,7 +103,10 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> list[dict[st
 
     state = optimizer.state_dict()
     tensors = {
-        f"{index}.{key}": (value if isinstance(value, Tensor) else torch.tensor(value)).detach().cpu().contiguous()
+        f"{index}.{key}": (value if isinstance(value, Tensor) else torch.tensor(value))
+        .detach()
+        .cpu()
+        .contiguous()
         for index, entries in state["state"].items()
         for key, value in entries.items()
     }
@@ -87,7 +114,9 @@ def _save_optimizer(optimizer: torch.optim.Optimizer, path: str) -> list[dict[st
     return state["param_groups"]
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: str, param_groups: list[dict[str, Any]]) -> None:
+def _load_optimizer(
+    optimizer: torch.optim.Optimizer, path: str, param_groups: list[dict[str, Any]]
+) -> None:
     from safetensors.torch import load_file
 
     entries: dict[int, dict[str, Tensor]] = {}
@@ -105,19 +134,41 @@ def _atomic_json(obj: Any, path: str) -> None:
 
 
 def validation_pos_auc(
-    model: nn.Module, explainer: Explainer, data: Dataset, *, batch_size: int, target: str, fill: Tensor | None = None, device: Any = None
+    model: nn.Module,
+    explainer: Explainer,
+    data: Dataset,
+    *,
+    batch_size: int,
+    target: str,
+    fill: Tensor | None = None,
+    device: Any = None,
 ) -> float:
     """Mean positive-perturbation AUC (accuracy, lower is better) of the explainer's masks on ``data``."""
     rank, world = rank_and_world()
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, sampler=DistributedSampler(data, shuffle=False) if world > 1 else None)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=DistributedSampler(data, shuffle=False) if world > 1 else None,
+    )
     total = torch.zeros(2, dtype=torch.float64, device=device)
     with torch.no_grad():
         for batch in loader:
             x, labels = _split_batch(batch)
             x = x.to(device)
             t = _targets(model, x, labels, target)
-            aucs = perturbation_auc(model, x, explainer(x, target=t), t, order="positive", baseline=fill)
-            total += torch.stack([aucs.sum().double(), torch.tensor(float(len(aucs)), dtype=torch.float64, device=device)])
+            aucs = cast(  # without `return_curves`: the AUCs alone
+                Tensor,
+                perturbation_auc(
+                    model, x, explainer(x, target=t), t, order="positive", baseline=fill
+                ),
+            )
+            total += torch.stack(
+                [
+                    aucs.sum().double(),
+                    torch.tensor(float(len(aucs)), dtype=torch.float64, device=device),
+                ]
+            )
     if world > 1:
         dist.all_reduce(total)
     return (total[0] / total[1]).item()
@@ -171,8 +222,15 @@ class PretrainingCfg:
     def record(self, world: int) -> dict[str, Any]:
         """What a resumed run must match; settings added later are recorded only when set, so that
         checkpoints from before them still resume."""
-        recorded = dict(epochs=self.epochs, batch_size=self.batch_size * world, lr=self.lr, weight_decay=self.weight_decay,
-                        warmup=self.warmup, target=self.target, seed=self.seed)
+        recorded = dict(
+            epochs=self.epochs,
+            batch_size=self.batch_size * world,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup=self.warmup,
+            target=self.target,
+            seed=self.seed,
+        )
         if self.schedule != "linear":
             recorded["schedule"] = self.schedule
         if self.snapshots:
@@ -279,16 +337,29 @@ def pretrain(
         raise TypeError(f"`cfg` must be a PretrainingCfg or None, got {type(cfg).__name__}")
     unknown = set(settings) - {f.name for f in dataclasses.fields(PretrainingCfg)}
     if unknown:
-        raise TypeError(f"pretrain() got unexpected keyword arguments {sorted(unknown)}; settings are the fields of PretrainingCfg")
+        raise TypeError(
+            f"pretrain() got unexpected keyword arguments {sorted(unknown)}; settings are the fields of PretrainingCfg"
+        )
     cfg = dataclasses.replace(cfg or PretrainingCfg(), **settings)
     train_set = _as_dataset(train_data, "train_data")
     val_set = _as_dataset(val_data, "val_data") if val_data is not None else None
-    if len(train_set) == 0:
+    if _size(train_set) == 0:
         raise ValueError("`train_data` is empty")
     if cfg.snapshots and checkpoint_dir is None:
         raise ValueError("`snapshots` are written under `checkpoint_dir`: give one")
     objective = _pretraining_objective(objective, mask_weight, counterfactual)
-    run = _start(model, train_set, val_set, cfg, objective, explainer, explainer_options, normalization, checkpoint_dir, progress)
+    run = _start(
+        model,
+        train_set,
+        val_set,
+        cfg,
+        objective,
+        explainer,
+        explainer_options,
+        normalization,
+        checkpoint_dir,
+        progress,
+    )
     if run.ckpt and resume and os.path.isfile(os.path.join(run.ckpt, STATE_NAME)):
         _resume(run)
     with eval_mode(model), frozen_parameters(model):
@@ -297,15 +368,23 @@ def pretrain(
     return _finished(run)
 
 
-def _pretraining_objective(objective: LTXObjective | None, mask_weight: float | None, counterfactual: bool | None) -> LTXObjective:
+def _pretraining_objective(
+    objective: LTXObjective | None, mask_weight: float | None, counterfactual: bool | None
+) -> LTXObjective:
     if objective is not None and not isinstance(objective, LTXObjective):
-        raise TypeError(f"`objective` must be an LTXObjective or None, got {type(objective).__name__}")
+        raise TypeError(
+            f"`objective` must be an LTXObjective or None, got {type(objective).__name__}"
+        )
     return LTXObjective.from_config(
-        (objective if objective is not None else DEFAULT_PRETRAINING_OBJECTIVE).to_config(), mask_weight=mask_weight, counterfactual=counterfactual
+        (objective if objective is not None else DEFAULT_PRETRAINING_OBJECTIVE).to_config(),
+        mask_weight=mask_weight,
+        counterfactual=counterfactual,
     )
 
 
-def _initial_explainer(model: nn.Module, first: Tensor, seed: int, options: dict[str, Any] | None, norm: Any) -> Explainer:
+def _initial_explainer(
+    model: nn.Module, first: Tensor, seed: int, options: dict[str, Any] | None, norm: Any
+) -> Explainer:
     options = dict(options or {})
     options.setdefault("input_size", tuple(first.shape))
     options.setdefault("seed", seed)
@@ -314,11 +393,20 @@ def _initial_explainer(model: nn.Module, first: Tensor, seed: int, options: dict
     return Explainer.from_model(model, **options)
 
 
-def _recorded_settings(cfg: PretrainingCfg, objective: LTXObjective, world: int, train_size: int, val_size: int) -> dict[str, Any]:
-    settings = dict(cfg.record(world), mask_weight=objective.mask_weight, counterfactual=objective.counterfactual,
-                    train_size=train_size, val_size=val_size)
+def _recorded_settings(
+    cfg: PretrainingCfg, objective: LTXObjective, world: int, train_size: int, val_size: int
+) -> dict[str, Any]:
+    settings = dict(
+        cfg.record(world),
+        mask_weight=objective.mask_weight,
+        counterfactual=objective.counterfactual,
+        train_size=train_size,
+        val_size=val_size,
+    )
     reference = LTXObjective().to_config()
-    extra = {k: v for k, v in objective.to_config().items() if v != reference[k] and k not in settings}
+    extra = {
+        k: v for k, v in objective.to_config().items() if v != reference[k] and k not in settings
+    }
     if extra:  # recorded only when set, so that runs from before these settings resume
         settings["objective"] = extra
     return settings
@@ -338,60 +426,136 @@ def _lr_factor(cfg: PretrainingCfg, total_steps: int) -> Any:
 
 
 def _start(
-    model: nn.Module, train_set: Dataset, val_set: Dataset | None, cfg: PretrainingCfg, objective: LTXObjective,
-    explainer: Explainer | None, explainer_options: dict[str, Any] | None, normalization: Any, checkpoint_dir: Any, progress: bool,
+    model: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    cfg: PretrainingCfg,
+    objective: LTXObjective,
+    explainer: Explainer | None,
+    explainer_options: dict[str, Any] | None,
+    normalization: Any,
+    checkpoint_dir: Any,
+    progress: bool,
 ) -> _Run:
     rank, world = rank_and_world()
     device = next(model.parameters()).device
-    norm = check_normalization(normalization) if normalization is not None else normalization_of(model)
+    norm = (
+        check_normalization(normalization) if normalization is not None else normalization_of(model)
+    )
     first, _ = _split_batch(train_set[0])
-    explainer = (explainer or _initial_explainer(model, first, cfg.seed, explainer_options, norm)).to(device)
+    explainer = (
+        explainer or _initial_explainer(model, first, cfg.seed, explainer_options, norm)
+    ).to(device)
     net: nn.Module = explainer
-    if world > 1:  # rank 0's initial weights are broadcast; hooked backbones leave the layers after the hook unused
-        net = DistributedDataParallel(explainer, device_ids=[device] if device.type == "cuda" else None, find_unused_parameters=True)
-    optimizer = torch.optim.AdamW([p for p in explainer.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = -(-_shard_size(len(train_set), world) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch))
-    settings = _recorded_settings(cfg, objective, world, len(train_set), len(val_set) if val_set is not None else 0)
-    total_images = cfg.epochs * _shard_size(len(train_set), world) * world
+    if (
+        world > 1
+    ):  # rank 0's initial weights are broadcast; hooked backbones leave the layers after the hook unused
+        net = DistributedDataParallel(
+            explainer,
+            device_ids=[device] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    optimizer = torch.optim.AdamW(
+        [p for p in explainer.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = -(-_shard_size(_size(train_set), world) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch)
+    )
+    settings = _recorded_settings(
+        cfg, objective, world, _size(train_set), _size(val_set) if val_set is not None else 0
+    )
+    total_images = cfg.epochs * _shard_size(_size(train_set), world) * world
     if any(n > total_images for n in cfg.snapshots):
-        warnings.warn(f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's {total_images} images; never written", stacklevel=3)
-    run = _Run(cfg, model, explainer, net, objective, optimizer, scheduler, train_set, val_set,
-               black_in_input_space(norm, first.unsqueeze(0).to(device)), device, settings,
-               os.fspath(checkpoint_dir) if checkpoint_dir is not None else None, progress, rank, world)
-    run.state = {"epoch": 0, "images": 0, "best_epoch": None, "best_val_pos_auc": None, "history": [], "settings": settings}
+        warnings.warn(
+            f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's {total_images} images; never written",
+            stacklevel=3,
+        )
+    run = _Run(
+        cfg,
+        model,
+        explainer,
+        net,
+        objective,
+        optimizer,
+        scheduler,
+        train_set,
+        val_set,
+        black_in_input_space(norm, first.unsqueeze(0).to(device)),
+        device,
+        settings,
+        os.fspath(checkpoint_dir) if checkpoint_dir is not None else None,
+        progress,
+        rank,
+        world,
+    )
+    run.state = {
+        "epoch": 0,
+        "images": 0,
+        "best_epoch": None,
+        "best_val_pos_auc": None,
+        "history": [],
+        "settings": settings,
+    }
     return run
 
 
 def _resume(run: _Run) -> None:
-    with open(os.path.join(run.ckpt, STATE_NAME)) as f:
+    ckpt = cast(str, run.ckpt)  # resumed only from a checkpoint folder
+    with open(os.path.join(ckpt, STATE_NAME)) as f:
         saved = json.load(f)
     if saved["settings"] != run.settings:
         raise ValueError(
-            f"`checkpoint_dir` {run.ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
+            f"`checkpoint_dir` {ckpt!r} holds a run with other settings {saved['settings']}; use another folder or resume=False"
         )
     run.state = saved
     # runs from before the image count: every finished epoch saw the (padded) data once
-    run.state.setdefault("images", saved["epoch"] * _shard_size(len(run.train_set), run.world) * run.world)
-    if run.rank == 0:  # the saved counts are over all processes: one holds them, or a later sum multiplies them
-        run.seen_targets = collections.Counter({int(k): v for k, v in saved.get("target_counts", {}).items()})
-    run.explainer.load_state_dict(Explainer.load(os.path.join(run.ckpt, "last"), run.model).state_dict())
-    _load_optimizer(run.optimizer, os.path.join(run.ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"])
+    run.state.setdefault(
+        "images", saved["epoch"] * _shard_size(_size(run.train_set), run.world) * run.world
+    )
+    if (
+        run.rank == 0
+    ):  # the saved counts are over all processes: one holds them, or a later sum multiplies them
+        run.seen_targets = collections.Counter(
+            {int(k): v for k, v in saved.get("target_counts", {}).items()}
+        )
+    run.explainer.load_state_dict(
+        Explainer.load(os.path.join(ckpt, "last"), run.model).state_dict()
+    )
+    _load_optimizer(
+        run.optimizer, os.path.join(ckpt, OPTIMIZER_NAME), saved["optimizer_param_groups"]
+    )
     run.scheduler.load_state_dict(saved["scheduler"])
     if saved["best_epoch"] is not None:
-        run.best_state = Explainer.load(os.path.join(run.ckpt, "best"), run.model).state_dict()
+        run.best_state = Explainer.load(os.path.join(ckpt, "best"), run.model).state_dict()
 
 
 def _train_epoch(run: _Run, epoch: int) -> float:
     """One pass over the training data; returns the mean loss over all processes."""
     cfg = run.cfg
     run.net.train()
-    sampler = DistributedSampler(run.train_set, shuffle=True, seed=cfg.seed) if run.world > 1 else None
+    sampler: DistributedSampler | None = (
+        DistributedSampler(run.train_set, shuffle=True, seed=cfg.seed) if run.world > 1 else None
+    )
     if sampler is not None:
         sampler.set_epoch(epoch)
-    loader = DataLoader(run.train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, num_workers=cfg.num_workers,
-                        generator=torch.Generator().manual_seed(cfg.seed + epoch), drop_last=False)
-    bar = tqdm(loader, desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}", disable=not run.progress or run.rank != 0, leave=False)
+    loader = DataLoader(
+        run.train_set,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+        drop_last=False,
+    )
+    bar = tqdm(
+        loader,
+        desc=f"pretrain epoch {epoch + 1}/{cfg.epochs}",
+        disable=not run.progress or run.rank != 0,
+        leave=False,
+    )
     running = 0.0
     for i, batch in enumerate(bar):
         x, labels = _split_batch(batch)
@@ -408,13 +572,23 @@ def _train_step(run: _Run, x: Tensor, labels: Tensor | None, draw: int) -> float
     t = _targets(run.model, x, labels, run.cfg.target, draw=draw)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=run.cfg.autocast):
         mask, low_res = run.net(x, target=t, return_low_res=True)
-        loss = run.objective(run.model, x, mask, low_res, t, run.fill, generator=torch.Generator().manual_seed(draw + 1)).mean()
+        loss = run.objective(
+            run.model,
+            x,
+            mask,
+            low_res,
+            t,
+            run.fill,
+            generator=torch.Generator().manual_seed(draw + 1),
+        ).mean()
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()  # the model's parameters are frozen for the run: nothing reaches its .grad
     run.optimizer.step()
     run.scheduler.step()
     before = run.state["images"]
-    run.state["images"] += len(x) * run.world  # DistributedSampler gives every process equal batches
+    run.state["images"] += (
+        len(x) * run.world
+    )  # DistributedSampler gives every process equal batches
     run.seen_targets.update(t.tolist())
     for images in run.cfg.snapshots:
         if before < images <= run.state["images"]:
@@ -439,7 +613,8 @@ def _snapshot(run: _Run, images: int) -> None:
         explainer.zero_grad(set_to_none=True)
         explainer.config["training"] = dict(run.settings, images=images, distinct_targets=distinct)
         _record_finetuning_objective(explainer, run.objective)
-        explainer.save(os.path.join(run.ckpt, "snapshots", str(images)))
+        # `snapshots` need a `checkpoint_dir`: pretrain() checks
+        explainer.save(os.path.join(cast(str, run.ckpt), "snapshots", str(images)))
     if run.rank == 0 and run.progress:
         tqdm.write(f"snapshot after {images} images ({distinct} distinct target classes)")
 
@@ -448,43 +623,76 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float) -> None:
     """Validation, the best epoch so far, the log line and the checkpoint."""
     state = run.state
     targets = _all_targets(run)
-    record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "distinct_targets": len(targets)}
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": train_loss,
+        "distinct_targets": len(targets),
+    }
     run.explainer.eval()
     if run.val_set is not None:
         record["val_pos_auc"] = validation_pos_auc(
-            run.model, run.explainer, run.val_set, batch_size=run.cfg.batch_size, fill=run.fill, device=run.device,
-            target="predicted" if run.cfg.target == "sampled" else run.cfg.target,  # the same classes every epoch
+            run.model,
+            run.explainer,
+            run.val_set,
+            batch_size=run.cfg.batch_size,
+            fill=run.fill,
+            device=run.device,
+            target="predicted"
+            if run.cfg.target == "sampled"
+            else run.cfg.target,  # the same classes every epoch
         )
-    if run.val_set is None or state["best_val_pos_auc"] is None or record["val_pos_auc"] < state["best_val_pos_auc"]:
+    if (
+        run.val_set is None
+        or state["best_val_pos_auc"] is None
+        or record["val_pos_auc"] < state["best_val_pos_auc"]
+    ):
         state["best_epoch"], state["best_val_pos_auc"] = epoch + 1, record.get("val_pos_auc")
-        run.best_state = {k: v.detach().cpu().clone() for k, v in run.explainer.state_dict().items()}
+        run.best_state = {
+            k: v.detach().cpu().clone() for k, v in run.explainer.state_dict().items()
+        }
     state["history"].append(record)
     state["epoch"] = epoch + 1
     state["target_counts"] = {str(k): v for k, v in sorted(targets.items())}
     if run.rank == 0 and run.progress:
         skipped = _skipped_files(run.train_set)
-        tqdm.write(f"epoch {epoch + 1}/{run.cfg.epochs}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                                                   for k, v in record.items() if k != "epoch")
-                   + (f", unreadable images skipped so far: {skipped}" if skipped else ""))
+        tqdm.write(
+            f"epoch {epoch + 1}/{run.cfg.epochs}: "
+            + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in record.items()
+                if k != "epoch"
+            )
+            + (f", unreadable images skipped so far: {skipped}" if skipped else "")
+        )
     if run.ckpt and run.rank == 0:
         _write_checkpoint(run)
 
 
 def _write_checkpoint(run: _Run) -> None:
-    os.makedirs(run.ckpt, exist_ok=True)
-    run.explainer.save(os.path.join(run.ckpt, "last"))
+    ckpt = cast(str, run.ckpt)  # written only with a checkpoint folder
+    os.makedirs(ckpt, exist_ok=True)
+    run.explainer.save(os.path.join(ckpt, "last"))
     if run.best_state is not None and run.state["best_epoch"] == run.state["epoch"]:
-        run.explainer.save(os.path.join(run.ckpt, "best"))
-    groups = _save_optimizer(run.optimizer, os.path.join(run.ckpt, OPTIMIZER_NAME))
-    _atomic_json(dict(run.state, optimizer_param_groups=groups, scheduler=run.scheduler.state_dict()), os.path.join(run.ckpt, STATE_NAME))
+        run.explainer.save(os.path.join(ckpt, "best"))
+    groups = _save_optimizer(run.optimizer, os.path.join(ckpt, OPTIMIZER_NAME))
+    _atomic_json(
+        dict(run.state, optimizer_param_groups=groups, scheduler=run.scheduler.state_dict()),
+        os.path.join(ckpt, STATE_NAME),
+    )
 
 
 def _finished(run: _Run) -> Explainer:
     """The best epoch's explainer with its training record and the finetuning objective LTX will use."""
     explainer, state = run.explainer, run.state
     run.optimizer.zero_grad(set_to_none=True)
-    explainer.load_state_dict(run.best_state)
-    explainer.config["training"] = dict(run.settings, best_epoch=state["best_epoch"], best_val_pos_auc=state["best_val_pos_auc"], history=state["history"])
+    # the first epoch sets the best state (or a resumed run loads it)
+    explainer.load_state_dict(cast(dict[str, Tensor], run.best_state))
+    explainer.config["training"] = dict(
+        run.settings,
+        best_epoch=state["best_epoch"],
+        best_val_pos_auc=state["best_val_pos_auc"],
+        history=state["history"],
+    )
     _record_finetuning_objective(explainer, run.objective)
     return explainer.cpu().eval()
 
@@ -492,5 +700,8 @@ def _finished(run: _Run) -> Explainer:
 def _record_finetuning_objective(explainer: Explainer, objective: LTXObjective) -> None:
     """Unless it has one: LTX finetunes this checkpoint with the default objective at the pretraining's mask weight."""
     explainer.config.setdefault("finetuning", {}).setdefault(
-        "objective", dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight).to_config()
+        "objective",
+        dataclasses.replace(
+            DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight
+        ).to_config(),
     )

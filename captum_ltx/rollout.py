@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from ._base import MapAttribution
+from ._maps import spatial_size
 from ._model import target_score
 from ._vit import AttentionProbe, output_row_map, probe_attention, rollout
 
@@ -35,7 +36,7 @@ class AttentionRollout(MapAttribution):
         with torch.no_grad(), probe_attention(self.forward_func, probe):
             self.forward_func(x, *args)
         joint = rollout([a.mean(dim=1) for a in probe.attentions])
-        return output_row_map(joint, self.forward_func, tuple(x.shape[-2:]))
+        return output_row_map(joint, self.forward_func, spatial_size(x))
 
 
 class GradientAttentionRollout(MapAttribution):
@@ -66,4 +67,4 @@ class GradientAttentionRollout(MapAttribution):
         relevance = torch.eye(n, device=x.device, dtype=x.dtype).expand(x.shape[0], n, n)
         for a, g in zip(probe.attentions, grads):
             relevance = relevance + (g * a).clamp_min(0).mean(dim=1) @ relevance
-        return output_row_map(relevance.detach(), self.forward_func, tuple(x.shape[-2:]))
+        return output_row_map(relevance.detach(), self.forward_func, spatial_size(x))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +13,9 @@ from torch import Tensor, nn
 from ._maps import min_max, to_map
 
 
-def explain_all(model: nn.Module, images: Tensor, methods: dict[str, Any], targets: Sequence[int]) -> dict[str, tuple[Tensor, float]]:
+def explain_all(
+    model: nn.Module, images: Tensor, methods: dict[str, Any], targets: Sequence[int]
+) -> dict[str, tuple[Tensor, float]]:
     """Explains each image with each method: name -> ((N, H, W) maps in [0, 1], seconds per image)."""
     out = {}
     for name, method in methods.items():
@@ -47,7 +50,9 @@ def comparison_figure(
         axes[r, 0].set_title(titles[r][:28], fontsize=8)
         for c, (name, (method_maps, seconds)) in enumerate(maps.items(), start=1):
             axes[r, c].imshow(picture)
-            axes[r, c].imshow(method_maps[r].detach().cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            axes[r, c].imshow(
+                method_maps[r].detach().cpu().numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1
+            )
             if r == 0:
                 axes[r, c].set_title(f"{name}\n{seconds:.2f} s", fontsize=8)
     for ax in axes.flat:

@@ -36,7 +36,6 @@ RESULTS = "results.jsonl"
 CONFIG = "config.json"
 
 
-
 def _records(path: str) -> list[dict[str, Any]]:
     records = []
     if os.path.isfile(path):
@@ -51,7 +50,11 @@ def _records(path: str) -> list[dict[str, Any]]:
 
 def _shard_files(out_dir: str) -> list[str]:
     """Per-rank results of a sharded run (``torchrun``) not merged yet."""
-    return sorted(os.path.join(out_dir, n) for n in os.listdir(out_dir) if n.startswith("results.rank") and n.endswith(".jsonl"))
+    return sorted(
+        os.path.join(out_dir, n)
+        for n in os.listdir(out_dir)
+        if n.startswith("results.rank") and n.endswith(".jsonl")
+    )
 
 
 def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> None:
@@ -62,7 +65,10 @@ def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> 
         return
     position = {s.id: i for i, s in enumerate(samples)}
     rank = {m: i for i, m in enumerate(plan)}
-    new = sorted((r for path in shards for r in _records(path)), key=lambda r: (position[r["image"]], rank[r["method"]]))
+    new = sorted(
+        (r for path in shards for r in _records(path)),
+        key=lambda r: (position[r["image"]], rank[r["method"]]),
+    )
     results = os.path.join(out_dir, RESULTS)
     with open(results + ".tmp", "w") as f:
         for record in _records(results) + new:
@@ -77,11 +83,23 @@ def _check_config(out_dir: str, config: dict[str, Any], resume: bool, write: boo
     if os.path.isfile(path) and resume:
         with open(path) as f:
             saved = json.load(f)
-        same_run = {k: v for k, v in saved.items() if k != "methods"} == {k: v for k, v in config.items() if k != "methods"}
-        clash = [m for m in config["methods"] if m in saved["methods"] and saved["methods"][m] != config["methods"][m]]
+        same_run = {k: v for k, v in saved.items() if k != "methods"} == {
+            k: v for k, v in config.items() if k != "methods"
+        }
+        clash = [
+            m
+            for m in config["methods"]
+            if m in saved["methods"] and saved["methods"][m] != config["methods"][m]
+        ]
         if not same_run or clash:
-            what = f"method(s) {', '.join(clash)} with other options" if same_run else "other images or settings"
-            raise ValueError(f"`out_dir` {out_dir!r} holds a run with {what}; use another folder, other labels or resume=False")
+            what = (
+                f"method(s) {', '.join(clash)} with other options"
+                if same_run
+                else "other images or settings"
+            )
+            raise ValueError(
+                f"`out_dir` {out_dir!r} holds a run with {what}; use another folder, other labels or resume=False"
+            )
         # Methods may be added to a finished run: the images, targets and metrics are the same.
         config = {**config, "methods": {**saved["methods"], **config["methods"]}}
     if not write:
@@ -135,14 +153,21 @@ def run_benchmark(
     for label in plan:
         registry.spec(label.split("=")[-1])
     config = {
-        "model": model_name, "track": track, "samples": [s.id for s in samples], "methods": {k: _jsonable(v) for k, v in plan.items()},
-        "rise_steps": rise_steps, "sanity": sanity, "sanity_limit": sanity_limit,
+        "model": model_name,
+        "track": track,
+        "samples": [s.id for s in samples],
+        "methods": {k: _jsonable(v) for k, v in plan.items()},
+        "rise_steps": rise_steps,
+        "sanity": sanity,
+        "sanity_limit": sanity_limit,
     }
     rank, world = rank_and_world()
     _check_config(out_dir, config, resume, write=rank == 0)
     barrier()
     shards = [RESULTS] if world == 1 else [RESULTS, *map(os.path.basename, _shard_files(out_dir))]
-    done = {(r["image"], r["method"]) for name in shards for r in _records(os.path.join(out_dir, name))}
+    done = {
+        (r["image"], r["method"]) for name in shards for r in _records(os.path.join(out_dir, name))
+    }
     # under torchrun each process explains every world-th image and writes its own file
     results_path = os.path.join(out_dir, RESULTS if world == 1 else f"results.rank{rank}.jsonl")
     todo = [(s, m) for s in samples[rank::world] for m in plan if (s.id, m) not in done]
@@ -158,12 +183,16 @@ def run_benchmark(
                 if randomized is None:
                     randomized = randomized_copy(model, samples[0].image[None].to(device))
                 target_model = randomized
-            built[label, scrambled] = registry.create(label.split("=")[-1], target_model, **plan[label])
+            built[label, scrambled] = registry.create(
+                label.split("=")[-1], target_model, **plan[label]
+            )
         return built[label, scrambled]
 
     checked = {s.id for s in samples[:sanity_limit]} if sanity else set()
     with open(results_path, "a") as out, eval_mode(model):
-        for sample, label in tqdm(todo, desc=f"benchmark {model_name} / {track}", disable=not progress):
+        for sample, label in tqdm(
+            todo, desc=f"benchmark {model_name} / {track}", disable=not progress
+        ):
             x = sample.image[None].to(device)
             with torch.no_grad():
                 logits = model(x)
@@ -178,9 +207,15 @@ def run_benchmark(
             record["metrics"]["seconds"] = seconds
             if sample.id in checked:
                 other = int(ranked[1]) if int(ranked[0]) == target else int(ranked[0])
-                record["metrics"]["randomisation"] = spearman(attr, method(label, True).attribute(x, target=target)).item()
-                record["metrics"]["class_sensitivity"] = spearman(attr, method(label, False).attribute(x, target=other)).item()
-            record.update(image=sample.id, method=label, target=target, correct=int(ranked[0]) == target)
+                record["metrics"]["randomisation"] = spearman(
+                    attr, method(label, True).attribute(x, target=target)
+                ).item()
+                record["metrics"]["class_sensitivity"] = spearman(
+                    attr, method(label, False).attribute(x, target=other)
+                ).item()
+            record.update(
+                image=sample.id, method=label, target=target, correct=int(ranked[0]) == target
+            )
             out.write(json.dumps(record) + "\n")
             out.flush()
     barrier()
@@ -191,21 +226,48 @@ def run_benchmark(
     return os.path.join(out_dir, "summary.md") if rank else summary
 
 
-def _score(model: nn.Module, x: torch.Tensor, attr: torch.Tensor, target: int, sample: Sample, rise_steps: int, batch_size: int) -> dict[str, Any]:
+def _score(
+    model: nn.Module,
+    x: torch.Tensor,
+    attr: torch.Tensor,
+    target: int,
+    sample: Sample,
+    rise_steps: int,
+    batch_size: int,
+) -> dict[str, Any]:
     metrics: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
-    for order, accuracy_name, probability_name in (("positive", "pos_auc", "del_auc"), ("negative", "neg_auc", "ins_auc")):
-        probability, correct = perturbation_curves(model, x, attr, target, order=order, batch_size=batch_size)
+    for order, accuracy_name, probability_name in (
+        ("positive", "pos_auc", "del_auc"),
+        ("negative", "neg_auc", "ins_auc"),
+    ):
+        probability, correct = perturbation_curves(
+            model, x, attr, target, order=order, batch_size=batch_size
+        )
         for name, curve in ((accuracy_name, correct), (probability_name, probability)):
             metrics[name], curves[name] = curve_auc(curve)[0].item(), curve[0].tolist()
     for mode in ("deletion", "insertion"):
-        auc, curve = deletion_insertion(model, x, attr, target, mode=mode, n_steps=rise_steps, batch_size=batch_size, return_curves=True)
+        auc, curve = deletion_insertion(
+            model,
+            x,
+            attr,
+            target,
+            mode=mode,
+            n_steps=rise_steps,
+            batch_size=batch_size,
+            return_curves=True,
+        )
         metrics[f"rise_{mode}"], curves[f"rise_{mode}"] = auc.item(), curve[0].tolist()
     metrics.update({k: v.item() for k, v in adp_pic(model, x, attr, target).items()})
     if sample.mask is not None:
-        metrics.update({k: v.item() for k, v in localisation(attr, sample.mask[None].to(x.device)).items()})
+        metrics.update(
+            {k: v.item() for k, v in localisation(attr, sample.mask[None].to(x.device)).items()}
+        )
     return {"metrics": metrics, "curves": curves}
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)) for k, v in options.items()}
+    return {
+        k: (v if isinstance(v, (int, float, str, bool, type(None))) else repr(v))
+        for k, v in options.items()
+    }

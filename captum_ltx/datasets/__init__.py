@@ -7,7 +7,8 @@ Each dataset yields ``(image, label, mask)`` items as the explained model takes 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 from torch.utils.data import Dataset
@@ -66,4 +67,13 @@ def _fashion_scenes(model: nn.Module, split: str, **options: Any) -> Dataset:
     return FashionScenes(split, **_as_model_takes(model), **options)
 
 
-__all__ = ["FashionScenes", "ImageFolderData", "ImagesAndLabels", "TuxpaintComposites", "TuxpaintScenes", "available_datasets", "create_dataset", "register_dataset"]
+__all__ = [
+    "FashionScenes",
+    "ImageFolderData",
+    "ImagesAndLabels",
+    "TuxpaintComposites",
+    "TuxpaintScenes",
+    "available_datasets",
+    "create_dataset",
+    "register_dataset",
+]

@@ -23,14 +23,27 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 SPLITS = ("train", "val", "test")
 VAL_START = 50_000  # the last 10,000 training images are the validation split
 
 
 def default_root() -> str:
     """``$CAPTUM_LTX_DATA/fashion-mnist/usr/share/datasets/fashion-mnist`` (default base ``~/.cache/captum_ltx``)."""
-    base = os.environ.get("CAPTUM_LTX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "captum_ltx"))
+    base = os.environ.get(
+        "CAPTUM_LTX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "captum_ltx")
+    )
     return os.path.join(base, "fashion-mnist", "usr", "share", "datasets", "fashion-mnist")
 
 
@@ -42,7 +55,7 @@ def read_idx(path: str) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise ValueError(f"{path!r} is not an IDX file of unsigned bytes")
     ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
         raise ValueError(f"{path!r} is cut short: expected {shape}")
@@ -55,7 +68,14 @@ def load_fashion_mnist(part: str, root: str | None = None) -> tuple[np.ndarray, 
     arrays = []
     for kind in ("images-idx3", "labels-idx1"):
         name = f"{part}-{kind}-ubyte"
-        path = next((os.path.join(root, n) for n in (name + ".gz", name) if os.path.isfile(os.path.join(root, n))), None)
+        path = next(
+            (
+                os.path.join(root, n)
+                for n in (name + ".gz", name)
+                if os.path.isfile(os.path.join(root, n))
+            ),
+            None,
+        )
         if path is None:
             raise ValueError(
                 f"`root` {root!r} holds no Fashion-MNIST file {name}(.gz): run `make fashion-assets` (it unpacks "
@@ -68,8 +88,13 @@ def load_fashion_mnist(part: str, root: str | None = None) -> tuple[np.ndarray, 
 def _background(rng: np.random.Generator, size: int) -> Tensor:
     # two colours blended by smooth noise, plus fine grain: a texture, not a flat field
     coarse = torch.from_numpy(rng.random((1, 1, 6, 6), dtype=np.float32))
-    blend = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(0, 1)[0]
-    a, b = (torch.from_numpy(rng.uniform(0.0, 0.45, size=(3, 1, 1)).astype(np.float32)) for _ in range(2))
+    blend = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=False).clamp(
+        0, 1
+    )[0]
+    a, b = (
+        torch.from_numpy(rng.uniform(0.0, 0.45, size=(3, 1, 1)).astype(np.float32))
+        for _ in range(2)
+    )
     grain = torch.from_numpy(rng.normal(0, 0.04, size=(1, size, size)).astype(np.float32))
     return (a * blend + b * (1 - blend) + grain).clamp(0, 1)
 
@@ -109,11 +134,22 @@ class FashionScenes(Dataset):
         if items not in (1, 2, "mixed"):
             raise ValueError(f"`items` must be 1, 2 or 'mixed', got {items!r}")
         if not 0 < item_size[0] <= item_size[1] or item_size[0] > size // 2:
-            raise ValueError(f"`item_size` {item_size} must be a range whose low end fits two items side by side in `size` {size}")
+            raise ValueError(
+                f"`item_size` {item_size} must be a range whose low end fits two items side by side in `size` {size}"
+            )
         images, labels = load_fashion_mnist("t10k" if split == "test" else "train", root)
-        part = {"train": slice(0, VAL_START), "val": slice(VAL_START, None), "test": slice(None)}[split]
+        part = {"train": slice(0, VAL_START), "val": slice(VAL_START, None), "test": slice(None)}[
+            split
+        ]
         self.images, self.labels = torch.from_numpy(images[part].copy()), labels[part]
-        self.split, self.length, self.items, self.size, self.item_size, self.seed = split, length, items, size, item_size, seed
+        self.split, self.length, self.items, self.size, self.item_size, self.seed = (
+            split,
+            length,
+            items,
+            size,
+            item_size,
+            seed,
+        )
         self.mean = torch.tensor(normalization[0], dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(normalization[1], dtype=torch.float32).view(3, 1, 1)
 
@@ -122,7 +158,9 @@ class FashionScenes(Dataset):
 
     def _plan(self, i: int) -> tuple[np.random.Generator, list[int]]:
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i])
-        count = self.items if self.items != "mixed" else 1 + int(rng.integers(2))
+        count = (
+            self.items if isinstance(self.items, int) else 1 + int(rng.integers(2))
+        )  # or "mixed"
         first = int(rng.integers(len(self.labels)))
         chosen = [first]
         while len(chosen) < count:  # a second item of another class
@@ -143,9 +181,16 @@ class FashionScenes(Dataset):
         target = torch.zeros(10)
         vertical = bool(rng.integers(2))  # two items: split the scene left/right or top/bottom
         for k, j in enumerate(chosen):
-            largest = self.item_size[1] if len(chosen) == 1 else min(self.item_size[1], self.size // 2)
+            largest = (
+                self.item_size[1] if len(chosen) == 1 else min(self.item_size[1], self.size // 2)
+            )
             side = int(rng.integers(self.item_size[0], largest + 1))
-            item = F.interpolate(self.images[j].float()[None, None] / 255, size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+            item = F.interpolate(
+                self.images[j].float()[None, None] / 255,
+                size=(side, side),
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0]
             # brighter than the background at its darkest, so that every item stays visible to a person
             tint = torch.from_numpy(rng.uniform(0.5, 1.0, size=(3, 1, 1)).astype(np.float32))
             if len(chosen) == 1:
@@ -157,8 +202,10 @@ class FashionScenes(Dataset):
                 across = int(rng.integers(self.size - side + 1))
                 y0, x0 = (along, across) if vertical else (across, along)
             alpha = (item * 3).clamp(0, 1)  # opaque item, soft rim
-            region = scene[:, y0:y0 + side, x0:x0 + side]
-            scene[:, y0:y0 + side, x0:x0 + side] = (1 - alpha) * region + alpha * tint * (0.4 + 0.6 * item)
-            masks[k, y0:y0 + side, x0:x0 + side] = alpha > 0.5
+            region = scene[:, y0 : y0 + side, x0 : x0 + side]
+            scene[:, y0 : y0 + side, x0 : x0 + side] = (1 - alpha) * region + alpha * tint * (
+                0.4 + 0.6 * item
+            )
+            masks[k, y0 : y0 + side, x0 : x0 + side] = alpha > 0.5
             target[int(self.labels[j])] += 1 / len(chosen)
         return (scene - self.mean) / self.std, target, masks

@@ -12,7 +12,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,13 +37,21 @@ def list_images(root: str) -> tuple[list[str], list[int], list[str]]:
     def images_in(folder: str) -> list[str]:
         found = []
         for base, _, files in sorted(os.walk(folder)):
-            found += [os.path.join(base, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+            found += [
+                os.path.join(base, f) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
         return found
 
     # each class folder is walked once: a tree of 50,000 images is listed, not read
-    per_class = {d: images_in(os.path.join(root, d)) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
+    per_class = {
+        d: images_in(os.path.join(root, d))
+        for d in sorted(os.listdir(root))
+        if os.path.isdir(os.path.join(root, d))
+    }
     classes = [d for d, found in per_class.items() if found]
-    flat = sorted(os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS))
+    flat = sorted(
+        os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
     if classes and flat:
         raise ValueError(f"image folder {root!r} mixes images and class folders; use one layout")
     if classes:
@@ -67,16 +76,26 @@ class ImageFolderData(Dataset):
     """
 
     def __init__(
-        self, root: str, transform: Callable[[Image.Image], Tensor], split: str = "all", *, val_size: int = 0,
-        length: int | None = None, seed: int = 0,
+        self,
+        root: str,
+        transform: Callable[[Image.Image], Tensor],
+        split: str = "all",
+        *,
+        val_size: int = 0,
+        length: int | None = None,
+        seed: int = 0,
     ) -> None:
         if split not in ("train", "val", "all"):
             raise ValueError(f"`split` must be 'train', 'val' or 'all', got {split!r}")
         paths, labels, self.classes = list_images(root)
         order = np.random.default_rng(seed).permutation(len(paths))
         if not 0 <= val_size < len(paths):
-            raise ValueError(f"`val_size` must be in [0, {len(paths)}) for {len(paths)} images, got {val_size}")
-        chosen = {"val": order[:val_size], "train": order[val_size:], "all": np.arange(len(paths))}[split]
+            raise ValueError(
+                f"`val_size` must be in [0, {len(paths)}) for {len(paths)} images, got {val_size}"
+            )
+        chosen = {"val": order[:val_size], "train": order[val_size:], "all": np.arange(len(paths))}[
+            split
+        ]
         if length is not None:
             chosen = chosen[:length]
         self.paths = [paths[i] for i in chosen]
@@ -105,10 +124,17 @@ class ImageFolderData(Dataset):
             try:
                 with Image.open(self.paths[j]) as image:
                     return self.transform(image.convert("RGB")), self.labels[j], None
-            except (OSError, ValueError, SyntaxError) as e:  # what PIL raises for truncated or foreign files
+            except (
+                OSError,
+                ValueError,
+                SyntaxError,
+            ) as e:  # what PIL raises for truncated or foreign files
                 if not self._skipped_flags[j]:
                     self._skipped_flags[j] = 1
-                    warnings.warn(f"skipped unreadable image {self.paths[j]!r} ({e}); {self.skipped_count} so far", stacklevel=2)
+                    warnings.warn(
+                        f"skipped unreadable image {self.paths[j]!r} ({e}); {self.skipped_count} so far",
+                        stacklevel=2,
+                    )
         raise ValueError(f"no image in the folder could be read ({self.skipped_count} files tried)")
 
 

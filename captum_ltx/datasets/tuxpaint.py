@@ -26,8 +26,19 @@ SPLITS = ("train", "val", "test")
 # Templates showing an ImageNet object of their own (jellyfish, lighthouse, sheep, spider web, maze,
 # machine) would compete with the pasted stamp; only the texture-like ones are backgrounds.
 BACKGROUNDS = (
-    "burnt_bark", "cliff", "mossy_bark", "mossy_log", "mudstone", "ocean_splash", "ocean_waves",
-    "redwoods_above", "rocks", "sun_behind_clouds", "sun_behind_leaves", "trees_above", "trees_at_dusk",
+    "burnt_bark",
+    "cliff",
+    "mossy_bark",
+    "mossy_log",
+    "mudstone",
+    "ocean_splash",
+    "ocean_waves",
+    "redwoods_above",
+    "rocks",
+    "sun_behind_clouds",
+    "sun_behind_leaves",
+    "trees_above",
+    "trees_at_dusk",
 )
 SPLIT_FRACTIONS = (0.6, 0.15, 0.25)
 SPLIT_SEED = 0
@@ -36,14 +47,19 @@ MIN_STAMP_SIDE = 120  # smaller stamps would be upscaled a lot
 
 def default_root() -> str:
     """Where the unpacked packages live: ``$CAPTUM_LTX_DATA/tuxpaint``, default ``~/.cache/captum_ltx/tuxpaint``."""
-    base = os.environ.get("CAPTUM_LTX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "captum_ltx"))
+    base = os.environ.get(
+        "CAPTUM_LTX_DATA", os.path.join(os.path.expanduser("~"), ".cache", "captum_ltx")
+    )
     return os.path.join(base, "tuxpaint")
 
 
 def _tuxpaint_dir(root: str | None) -> str:
     root = default_root() if root is None else os.fspath(root)
     share = os.path.join(root, "usr", "share", "tuxpaint")
-    if not (os.path.isdir(os.path.join(share, "stamps")) and os.path.isdir(os.path.join(share, "templates"))):
+    if not (
+        os.path.isdir(os.path.join(share, "stamps"))
+        and os.path.isdir(os.path.join(share, "templates"))
+    ):
         raise ValueError(
             f"`root` {root!r} holds no tuxpaint stamps and templates: run `make benchmark-assets` (it runs "
             "`apt-get download tuxpaint-stamps-default tuxpaint-data` and unpacks them there), or set "
@@ -74,7 +90,11 @@ def _split_groups(groups: list[Any]) -> dict[str, set[Any]]:
     order = np.random.default_rng(SPLIT_SEED).permutation(len(groups))
     n_train = round(SPLIT_FRACTIONS[0] * len(groups))
     n_val = round(SPLIT_FRACTIONS[1] * len(groups))
-    bounds = {"train": order[:n_train], "val": order[n_train:n_train + n_val], "test": order[n_train + n_val:]}
+    bounds = {
+        "train": order[:n_train],
+        "val": order[n_train : n_train + n_val],
+        "test": order[n_train + n_val :],
+    }
     return {name: {groups[i] for i in idx} for name, idx in bounds.items()}
 
 
@@ -92,7 +112,9 @@ def split_assets(split: str, root: str | None = None) -> tuple[list[Stamp], list
                 stamps.append(stamp)
     classes = _split_groups(sorted({s.labels[0] for s in stamps}))[split]
     backgrounds = _split_groups(list(BACKGROUNDS))[split]
-    return [s for s in stamps if s.labels[0] in classes], [b for b in BACKGROUNDS if b in backgrounds]
+    return [s for s in stamps if s.labels[0] in classes], [
+        b for b in BACKGROUNDS if b in backgrounds
+    ]
 
 
 class TuxpaintComposites(Dataset):
@@ -155,18 +177,30 @@ class TuxpaintComposites(Dataset):
             raise IndexError(i)
         rng = self._rng(i)
         stamp = self.stamps[rng.integers(len(self.stamps))]
-        background = self._open(os.path.join(self.share, "templates", self.backgrounds[rng.integers(len(self.backgrounds))] + ".jpg"), "RGB")
+        background = self._open(
+            os.path.join(
+                self.share,
+                "templates",
+                self.backgrounds[rng.integers(len(self.backgrounds))] + ".jpg",
+            ),
+            "RGB",
+        )
         side = int(min(background.size) * rng.uniform(0.5, 1.0))
-        left, top = rng.integers(background.width - side + 1), rng.integers(background.height - side + 1)
-        canvas = background.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC)
+        left, top = (
+            rng.integers(background.width - side + 1),
+            rng.integers(background.height - side + 1),
+        )
+        canvas = background.crop((left, top, left + side, top + side)).resize(
+            (self.size, self.size), Image.Resampling.BICUBIC
+        )
         obj = self._open(os.path.join(self.share, "stamps", stamp.path), "RGBA")
         scale = rng.uniform(*self.object_scale) * self.size / max(obj.size)
         w, h = max(1, round(obj.width * scale)), max(1, round(obj.height * scale))
-        obj = obj.resize((w, h), Image.BICUBIC)
+        obj = obj.resize((w, h), Image.Resampling.BICUBIC)
         x0, y0 = rng.integers(self.size - w + 1), rng.integers(self.size - h + 1)
         pasted = np.asarray(obj, dtype=np.float32) / 255.0
         alpha = np.zeros((self.size, self.size), dtype=np.float32)
-        alpha[y0:y0 + h, x0:x0 + w] = pasted[..., 3]
+        alpha[y0 : y0 + h, x0 : x0 + w] = pasted[..., 3]
         rgb = np.asarray(canvas, dtype=np.float32) / 255.0
         region = (slice(y0, y0 + h), slice(x0, x0 + w))
         rgb[region] = (1 - pasted[..., 3:]) * rgb[region] + pasted[..., 3:] * pasted[..., :3]

@@ -19,7 +19,15 @@ import torch
 from torch import Tensor
 
 from .image_folder import UNLABELLED
-from .tuxpaint import MIN_STAMP_SIDE, SPLITS, Stamp, TuxpaintComposites, _tuxpaint_dir, read_stamp_labels, split_assets
+from .tuxpaint import (
+    MIN_STAMP_SIDE,
+    SPLITS,
+    Stamp,
+    TuxpaintComposites,
+    _tuxpaint_dir,
+    read_stamp_labels,
+    split_assets,
+)
 
 # Drawings, letters and signs have few distinct colours; photographs have many (the labelled photo
 # stamps all have at least 500 colour bins of 4 levels per channel, the clip-art at most a few hundred).
@@ -28,7 +36,11 @@ NOT_PHOTOS = ("cartoon", "symbols")
 
 
 def _name_words(path: str) -> set[str]:
-    return {w for w in re.split(r"[^a-z]+", os.path.splitext(os.path.basename(path))[0].lower()) if len(w) >= 3}
+    return {
+        w
+        for w in re.split(r"[^a-z]+", os.path.splitext(os.path.basename(path))[0].lower())
+        if len(w) >= 3
+    }
 
 
 def _is_photo(path: str) -> bool:
@@ -50,14 +62,22 @@ def unlabelled_photo_stamps(root: str | None = None) -> tuple[Stamp, ...]:
     test class on the scenes is measured (benchmarks/learning_curve.py)."""
     share = _tuxpaint_dir(root)
     labelled = {s.path for s in read_stamp_labels()}
-    held_out_words = set().union(*(_name_words(s.path) for split in ("val", "test") for s in split_assets(split, root)[0]))
+    held_out_words = set().union(
+        *(_name_words(s.path) for split in ("val", "test") for s in split_assets(split, root)[0])
+    )
     found = []
-    for base, dirs, files in os.walk(os.path.join(share, "stamps")):  # top-down, so pruning `dirs` skips them
+    for base, dirs, files in os.walk(
+        os.path.join(share, "stamps")
+    ):  # top-down, so pruning `dirs` skips them
         dirs[:] = sorted(d for d in dirs if d not in NOT_PHOTOS)
         for name in sorted(files):
             path = os.path.relpath(os.path.join(base, name), os.path.join(share, "stamps"))
-            if (name.endswith(".png") and path not in labelled and not _name_words(path) & held_out_words
-                    and _is_photo(os.path.join(base, name))):
+            if (
+                name.endswith(".png")
+                and path not in labelled
+                and not _name_words(path) & held_out_words
+                and _is_photo(os.path.join(base, name))
+            ):
                 found.append(Stamp(path, ()))
     return tuple(sorted(found, key=lambda s: s.path))
 
@@ -100,10 +120,20 @@ class TuxpaintScenes(TuxpaintComposites):
         root: str | None = None,
     ) -> None:
         if not 1 <= objects[0] <= objects[1]:
-            raise ValueError(f"`objects` must be (least, most) with 1 <= least <= most, got {objects!r}")
+            raise ValueError(
+                f"`objects` must be (least, most) with 1 <= least <= most, got {objects!r}"
+            )
         if not 0 <= jitter < 1:
             raise ValueError(f"`jitter` must be in [0, 1), got {jitter!r}")
-        super().__init__(split, length=length, size=size, normalization=normalization, object_scale=object_scale, seed=seed, root=root)
+        super().__init__(
+            split,
+            length=length,
+            size=size,
+            normalization=normalization,
+            object_scale=object_scale,
+            seed=seed,
+            root=root,
+        )
         self.objects, self.jitter = objects, jitter
         if split == "train":
             self.stamps += list(unlabelled_photo_stamps(root))
@@ -111,12 +141,21 @@ class TuxpaintScenes(TuxpaintComposites):
     def _background(self, rng: np.random.Generator) -> Any:
         from PIL import Image
 
-        image = self._open(os.path.join(self.share, "templates", self.backgrounds[rng.integers(len(self.backgrounds))] + ".jpg"), "RGB")
+        image = self._open(
+            os.path.join(
+                self.share,
+                "templates",
+                self.backgrounds[rng.integers(len(self.backgrounds))] + ".jpg",
+            ),
+            "RGB",
+        )
         side = int(min(image.size) * rng.uniform(0.3, 1.0))
         left, top = rng.integers(image.width - side + 1), rng.integers(image.height - side + 1)
-        crop = image.crop((left, top, left + side, top + side)).resize((self.size, self.size), Image.BICUBIC, reducing_gap=2.0)
+        crop = image.crop((left, top, left + side, top + side)).resize(
+            (self.size, self.size), Image.Resampling.BICUBIC, reducing_gap=2.0
+        )
         if rng.random() < 0.5:
-            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return crop
 
     def _object(self, stamp: Stamp, count: int, rng: np.random.Generator) -> Any:
@@ -124,9 +163,12 @@ class TuxpaintScenes(TuxpaintComposites):
 
         obj = self._open(os.path.join(self.share, "stamps", stamp.path), "RGBA")
         scale = rng.uniform(*self.object_scale) / count**0.5 * self.size / max(obj.size)
-        obj = obj.resize((max(1, round(obj.width * scale)), max(1, round(obj.height * scale))), Image.BICUBIC)
+        obj = obj.resize(
+            (max(1, round(obj.width * scale)), max(1, round(obj.height * scale))),
+            Image.Resampling.BICUBIC,
+        )
         if rng.random() < 0.5:
-            obj = obj.transpose(Image.FLIP_LEFT_RIGHT)
+            obj = obj.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         rgb, alpha = obj.convert("RGB"), obj.getchannel("A")
         for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
             rgb = enhance(rgb).enhance(rng.uniform(1 - self.jitter, 1 + self.jitter))
@@ -136,19 +178,31 @@ class TuxpaintScenes(TuxpaintComposites):
     def __getitem__(self, i: int) -> tuple[Tensor, int, Tensor]:
         if not 0 <= i < self.length:
             raise IndexError(i)
-        rng = np.random.default_rng([self.seed, SPLITS.index(self.split), i, 1])  # 1: not a TuxpaintComposites stream
+        rng = np.random.default_rng(
+            [self.seed, SPLITS.index(self.split), i, 1]
+        )  # 1: not a TuxpaintComposites stream
         canvas = self._background(rng)
-        owner = np.full((self.size, self.size), -1)  # which object each pixel shows (later ones on top)
+        owner = np.full(
+            (self.size, self.size), -1
+        )  # which object each pixel shows (later ones on top)
         count = int(rng.integers(self.objects[0], self.objects[1] + 1))
         labels = []
         for k in range(count):
             stamp = self.stamps[rng.integers(len(self.stamps))]
             obj = self._object(stamp, count, rng)
-            x0, y0 = int(rng.integers(self.size - obj.width + 1)), int(rng.integers(self.size - obj.height + 1))
+            x0, y0 = (
+                int(rng.integers(self.size - obj.width + 1)),
+                int(rng.integers(self.size - obj.height + 1)),
+            )
             canvas.paste(obj, (x0, y0), obj)  # alpha-blended in place (PIL, in C)
-            owner[y0:y0 + obj.height, x0:x0 + obj.width][np.asarray(obj.getchannel("A")) > 127] = k
+            owner[y0 : y0 + obj.height, x0 : x0 + obj.width][
+                np.asarray(obj.getchannel("A")) > 127
+            ] = k
             labels.append(stamp.labels[0] if stamp.labels else UNLABELLED)
         visible = np.bincount(owner[owner >= 0], minlength=count)
         label, mask = labels[int(visible.argmax())], owner >= 0
-        image = (torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1) - self.mean) / self.std
+        image = (
+            torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            - self.mean
+        ) / self.std
         return image, label, torch.from_numpy(mask)

@@ -42,26 +42,37 @@ def localisation(maps: Tensor, masks: Tensor) -> dict[str, Tensor]:
     saliency = to_map(maps.detach()).float()
     gt = (masks[:, 0] if masks.dim() == 4 else masks).to(saliency.device) != 0
     if gt.shape != saliency.shape:
-        raise ValueError(f"`masks` must have shape {tuple(saliency.shape)} (one per map), got {tuple(masks.shape)}")
+        raise ValueError(
+            f"`masks` must have shape {tuple(saliency.shape)} (one per map), got {tuple(masks.shape)}"
+        )
     if (gt.flatten(1).sum(dim=1) == 0).any():
         raise ValueError("`masks` holds an empty mask: every image needs an object to localise")
     flat, truth = saliency.flatten(1), gt.flatten(1)
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-    normalised = torch.where(high > low, (flat - low) / (high - low).clamp_min(1e-12), torch.zeros_like(flat))
+    normalised = torch.where(
+        high > low, (flat - low) / (high - low).clamp_min(1e-12), torch.zeros_like(flat)
+    )
     predicted = normalised > normalised.mean(dim=1, keepdim=True)
 
     def iou(a: Tensor, b: Tensor) -> Tensor:
         union = (a | b).sum(dim=1).float()
-        return torch.where(union > 0, (a & b).sum(dim=1).float() / union.clamp_min(1), torch.ones_like(union))
+        return torch.where(
+            union > 0, (a & b).sum(dim=1).float() / union.clamp_min(1), torch.ones_like(union)
+        )
 
     positive = saliency.clamp_min(0).flatten(1)
     mass = positive.sum(dim=1)
     return {
         "pixel_accuracy": (predicted == truth).float().mean(dim=1),
         "miou": (iou(predicted, truth) + iou(~predicted, ~truth)) / 2,
-        "map": torch.stack([
-            (_average_precision(n, t) + _average_precision(1 - n, ~t)) / 2 for n, t in zip(normalised, truth)
-        ]),
+        "map": torch.stack(
+            [
+                (_average_precision(n, t) + _average_precision(1 - n, ~t)) / 2
+                for n, t in zip(normalised, truth)
+            ]
+        ),
         "pointing_game": truth.gather(1, flat.argmax(dim=1, keepdim=True))[:, 0].float(),
-        "mass_inside": torch.where(mass > 0, (positive * truth).sum(dim=1) / mass.clamp_min(1e-12), torch.zeros_like(mass)),
+        "mass_inside": torch.where(
+            mass > 0, (positive * truth).sum(dim=1) / mass.clamp_min(1e-12), torch.zeros_like(mass)
+        ),
     }

@@ -9,7 +9,8 @@ form, and return one value per image (shape (B,)). Perturbed images go through t
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,20 +35,34 @@ PERTURBATION_FRACTIONS = tuple(i / 10 for i in range(10))
 class _Setup:
     """The checked inputs shared by every perturbation metric."""
 
-    def __init__(self, forward_func: Callable[..., Tensor], inputs: Tensor, maps: Tensor, target: Any,
-                 baseline: Any, normalization: Any, additional_forward_args: Any) -> None:
+    def __init__(
+        self,
+        forward_func: Callable[..., Tensor],
+        inputs: Tensor,
+        maps: Tensor,
+        target: Any,
+        baseline: Any,
+        normalization: Any,
+        additional_forward_args: Any,
+    ) -> None:
         check_images(inputs)
         saliency = to_map(maps.detach()).to(inputs.device).float()
         b, _, h, w = inputs.shape
         if saliency.shape != (b, h, w):
-            raise ValueError(f"`maps` must give one {h}x{w} map per image, got shape {tuple(maps.shape)}")
+            raise ValueError(
+                f"`maps` must give one {h}x{w} map per image, got shape {tuple(maps.shape)}"
+            )
         self.forward_func, self.x, self.map = forward_func, inputs, saliency
         self.args = format_forward_args(additional_forward_args)
         norm = normalization if normalization is not None else normalization_of(forward_func)
-        self.fill = format_baseline(baseline, inputs, black_in_input_space(norm, inputs)).expand_as(inputs)
+        self.fill = format_baseline(baseline, inputs, black_in_input_space(norm, inputs)).expand_as(
+            inputs
+        )
         with eval_mode(forward_func), torch.no_grad():
             clean = forward_func(inputs, *self.args)
-        self.target = format_target(target, b, clean.shape[1], clean.argmax(dim=1)).to(inputs.device)
+        self.target = format_target(target, b, clean.shape[1], clean.argmax(dim=1)).to(
+            inputs.device
+        )
         self.clean_probability = clean.softmax(dim=1).gather(1, self.target[:, None])[:, 0].float()
 
     def ranks(self, descending: bool = True) -> Tensor:
@@ -58,7 +73,9 @@ class _Setup:
         rank.scatter_(1, order, torch.arange(flat.shape[1], device=order.device).expand_as(order))
         return rank
 
-    def scores(self, rank: Tensor, counts: list[int], canvas: Tensor, batch_size: int, reveal: bool = False) -> tuple[Tensor, Tensor]:
+    def scores(
+        self, rank: Tensor, counts: list[int], canvas: Tensor, batch_size: int, reveal: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Target probability and correctness (B, S) when, for each count k, the first k ranked pixels
         are replaced by ``canvas`` (or, with ``reveal``, only the first k pixels are kept from the image)."""
         b, _, h, w = self.x.shape
@@ -73,7 +90,9 @@ class _Setup:
                 image, step = rows // steps, rows % steps
                 from_image = rank[image] < k[step, None] if reveal else rank[image] >= k[step, None]
                 perturbed = torch.where(from_image.view(-1, 1, h, w), self.x[image], canvas[image])
-                logits = self.forward_func(perturbed, *select_rows(args, slice(start, start + len(rows)), b * steps))
+                logits = self.forward_func(
+                    perturbed, *select_rows(args, slice(start, start + len(rows)), b * steps)
+                )
                 t = targets[rows]
                 probability.append(logits.softmax(dim=1).gather(1, t[:, None])[:, 0].float())
                 correct.append((logits.argmax(dim=1) == t).float())
@@ -96,7 +115,9 @@ def perturbation_curves(
     removed fractions 0, 0.1, ..., 0.9, from one pass over the perturbed images."""
     check_choice(order, "order", ("positive", "negative"))
     check_positive_int(batch_size, "batch_size")
-    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    setup = _Setup(
+        forward_func, inputs, maps, target, baseline, normalization, additional_forward_args
+    )
     pixels = inputs.shape[-2] * inputs.shape[-1]
     counts = [round(f * pixels) for f in PERTURBATION_FRACTIONS]
     return setup.scores(setup.ranks(descending=order == "positive"), counts, setup.fill, batch_size)
@@ -149,15 +170,24 @@ def perturbation_auc(
     """
     check_choice(score, "score", ("accuracy", "probability"))
     probability, correct = perturbation_curves(
-        forward_func, inputs, maps, target, order=order, baseline=baseline, normalization=normalization,
-        additional_forward_args=additional_forward_args, batch_size=batch_size,
+        forward_func,
+        inputs,
+        maps,
+        target,
+        order=order,
+        baseline=baseline,
+        normalization=normalization,
+        additional_forward_args=additional_forward_args,
+        batch_size=batch_size,
     )
     curves = correct if score == "accuracy" else probability
     auc = curve_auc(curves)
     return (auc, curves) if return_curves else auc
 
 
-def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0, padding: str = "zeros") -> Tensor:
+def gaussian_blur(
+    x: Tensor, kernel_size: int = 11, sigma: float = 5.0, padding: str = "zeros"
+) -> Tensor:
     """Separable Gaussian blur, as RISE makes its insertion canvas (11 px, sigma 5). ``padding``:
     ``"zeros"`` (RISE's) or ``"replicate"`` (borders keep their colour instead of fading to 0)."""
     radius = kernel_size // 2
@@ -167,8 +197,16 @@ def gaussian_blur(x: Tensor, kernel_size: int = 11, sigma: float = 5.0, padding:
     check_choice(padding, "padding", ("zeros", "replicate"))
     c = x.shape[1]
     if padding == "replicate":
-        x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-        return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        x = F.conv2d(
+            F.pad(x, (radius, radius, 0, 0), mode="replicate"),
+            kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1),
+            groups=c,
+        )
+        return F.conv2d(
+            F.pad(x, (0, 0, radius, radius), mode="replicate"),
+            kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1),
+            groups=c,
+        )
     x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
     return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 
@@ -202,7 +240,9 @@ def deletion_insertion(
     check_choice(mode, "mode", ("deletion", "insertion"))
     check_positive_int(n_steps, "n_steps")
     check_positive_int(batch_size, "batch_size")
-    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    setup = _Setup(
+        forward_func, inputs, maps, target, baseline, normalization, additional_forward_args
+    )
     pixels = inputs.shape[-2] * inputs.shape[-1]
     counts = [math.ceil(i * pixels / n_steps) for i in range(n_steps + 1)]
     if mode == "deletion":
@@ -234,13 +274,22 @@ def adp_pic(
     Returns:
         ``{"adp": (B,), "pic": (B,)}``.
     """
-    setup = _Setup(forward_func, inputs, maps, target, baseline, normalization, additional_forward_args)
+    setup = _Setup(
+        forward_func, inputs, maps, target, baseline, normalization, additional_forward_args
+    )
     low = setup.map.flatten(1).amin(dim=1).view(-1, 1, 1)
     span = setup.map.flatten(1).amax(dim=1).view(-1, 1, 1) - low
-    weight = torch.where(span > 0, (setup.map - low) / span.clamp_min(1e-12), torch.zeros_like(setup.map)).unsqueeze(1)
+    weight = torch.where(
+        span > 0, (setup.map - low) / span.clamp_min(1e-12), torch.zeros_like(setup.map)
+    ).unsqueeze(1)
     masked = setup.fill + weight.to(inputs.dtype) * (inputs - setup.fill)
     with eval_mode(forward_func), torch.no_grad():
-        masked_probability = forward_func(masked, *setup.args).softmax(dim=1).gather(1, setup.target[:, None])[:, 0].float()
+        masked_probability = (
+            forward_func(masked, *setup.args)
+            .softmax(dim=1)
+            .gather(1, setup.target[:, None])[:, 0]
+            .float()
+        )
     y = setup.clean_probability
     return {
         "adp": 100 * (y - masked_probability).clamp_min(0) / y.clamp_min(1e-12),

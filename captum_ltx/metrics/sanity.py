@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +21,11 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
         flat = to_map(t.detach()).flatten(1).float()
         order = torch.argsort(flat, dim=1, stable=True)
         r = torch.empty_like(flat)
-        r.scatter_(1, order, torch.arange(flat.shape[1], dtype=flat.dtype, device=flat.device).expand_as(flat))
+        r.scatter_(
+            1,
+            order,
+            torch.arange(flat.shape[1], dtype=flat.dtype, device=flat.device).expand_as(flat),
+        )
         return r - r.mean(dim=1, keepdim=True)
 
     ra, rb = ranks(a), ranks(b)
@@ -29,11 +34,11 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
 
 def top_layers(model: nn.Module, example: Tensor) -> list[nn.Module]:
     """The classifier and the last feature stage (CNN) or the last block (ViT)."""
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head = cast(Any, model).get_classifier() if hasattr(model, "get_classifier") else None
     if not isinstance(head, nn.Module) or not any(True for _ in head.parameters()):
         head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     if model_family(model) == "vit":
-        return [head, model.blocks[-1]]
+        return [head, cast(nn.Sequential, model.blocks)[-1]]
     return [head, resolve_layer(model, last_stage(model, example))]
 
 
@@ -45,7 +50,7 @@ def randomized_copy(model: nn.Module, example: Tensor, seed: int = 0) -> nn.Modu
         for layer in top_layers(clone, example):
             for module in layer.modules():
                 if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                    cast(Any, module).reset_parameters()
     return clone.eval()
 
 
@@ -75,4 +80,6 @@ def parameter_randomisation(
 def class_sensitivity(method: Any, inputs: Tensor, target: Any, other_target: Any) -> Tensor:
     """Spearman correlation between each image's maps for two different classes: a map that ignores the
     class scores 1, so **lower is better**."""
-    return spearman(method.attribute(inputs, target=target), method.attribute(inputs, target=other_target))
+    return spearman(
+        method.attribute(inputs, target=target), method.attribute(inputs, target=other_target)
+    )
