@@ -46,12 +46,12 @@ def main() -> None:
         samples = samples[: args.images]
     names = registry.available(model_family(model)) if args.methods == "all" else args.methods.split(",")
     options = json.loads(args.options)
-    built = {label: registry.create(label.split("=")[-1], model, **o) for label, o in method_plan(names, options).items()}
+    built = {label: registry.create(registry.split_label(label)[1], model, **o) for label, o in method_plan(names, options).items()}
     images = torch.stack([s.image for s in samples])
     with torch.no_grad():
         predicted = model(images).argmax(1).tolist()
     targets = [s.target if s.target is not None else p for s, p in zip(samples, predicted)]
-    maps = explain_all(model, images, {label.split("=")[0]: m for label, m in built.items()}, targets)
+    maps = explain_all(model, images, {registry.split_label(label)[0]: m for label, m in built.items()}, targets)
     config = timm.data.resolve_data_config({}, model=model)
     describe = timm.data.ImageNetInfo().index_to_description if model.num_classes == 1000 else str
     titles = [f"{s.id.split('/')[-1]}: {describe(c)}" for s, c in zip(samples, targets)]

@@ -34,6 +34,7 @@ from captum_ltx.explainer import CONFIG_NAME
 from captum_ltx.benchmark.report import METRICS, bootstrap_interval, load_results
 from captum_ltx.cli import main as cli
 from captum_ltx.ltx import DEFAULT_FINETUNE_STEPS
+from captum_ltx.methods import split_label
 
 # model -> (track, explainer checkpoint)
 RUNS = {
@@ -142,7 +143,7 @@ def rows(model: str, out: str, timed: dict[str, float]) -> list[str]:
         means = {metric: float(values(method, metric).mean()) for metric in JUDGED}
         worse = [m for m in JUDGED if (METRICS[m][0] and means[m] < intervals[m][0]) or (not METRICS[m][0] and means[m] > intervals[m][1])]
         cells = [f"{means[m]:.3f}" if m in ("miou", "pointing_game") else f"{means[m]:.1f}" for m in COLUMNS]
-        label = method.split("=")[0].removeprefix("ltx_")
+        label = split_label(method)[0].removeprefix("ltx_")
         options = variants(*REFERENCE[model]).get(label)
         cost = seconds(method)
         lines.append(

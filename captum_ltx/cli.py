@@ -71,7 +71,7 @@ def _method_names(labels: list[str], model: torch.nn.Module) -> None:
 
     family = model_family(model)
     for label in labels:
-        name = label.split("=")[-1]
+        name = registry.split_label(label)[1]
         if name not in registry.available():
             raise SystemExit(
                 f"`--methods`: unknown method {name!r}; available: {', '.join(registry.available())}"
@@ -129,7 +129,10 @@ def method_plan(labels: list[str], options: dict[str, dict[str, Any]]) -> dict[s
     """Constructor options per method label (``label`` or ``label=registry_name``): the CPU cost
     settings of :data:`BENCHMARK_OPTIONS`, overridden by ``options``."""
     return {
-        label: {**BENCHMARK_OPTIONS.get(label.split("=")[-1], {}), **options.get(label, {})}
+        label: {
+            **BENCHMARK_OPTIONS.get(registry.split_label(label)[1], {}),
+            **options.get(label, {}),
+        }
         for label in labels
     }
 
@@ -195,7 +198,7 @@ def explain(args: argparse.Namespace) -> None:
     ]
     built = {}
     for label, method_options in method_plan(labels, options).items():
-        name = label.split("=")[-1]
+        name = registry.split_label(label)[1]
         if name in ("ltx", "pltx") and explainer:
             method_options.setdefault("explainer", explainer)
         try:

@@ -19,7 +19,7 @@ from captum.attr import Attribution
 
 from ._base import model_family
 
-__all__ = ["MethodSpec", "available", "create", "model_family", "register", "spec"]
+__all__ = ["MethodSpec", "available", "create", "model_family", "register", "spec", "split_label"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,12 @@ def available(family: str | None = None) -> list[str]:
     if family is not None and family not in ("cnn", "vit"):
         raise ValueError(f"`family` must be 'cnn', 'vit' or None, got {family!r}")
     return sorted(n for n, s in _REGISTRY.items() if family is None or family in s.families)
+
+
+def split_label(label: str) -> tuple[str, str]:
+    """(shown name, registry name) of a method label: ``"gradcam"`` or ``"shown=gradcam"``."""
+    shown, _, name = label.partition("=")
+    return shown, name or shown
 
 
 def spec(name: str) -> MethodSpec:

@@ -148,3 +148,18 @@ def test_benchmark_on_a_folder_of_your_images(small_timm_weights, tmp_path):
     assert "| gradcam |" in (out / "summary.md").read_text()
     assert _one_line_error(["benchmark", "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"), "--track",
                             str(folder / "photos"), "--split", "val", "--out", str(out)]).startswith("`--split` applies to the named tracks only")
+
+
+def test_pretrain_on_a_folder_for_any_timm_model_then_explain_with_it(small_timm_weights, tmp_path, capsys):
+    import json
+
+    folder = small_timm_weights
+    timm_model = ["--model", "resnet18", "--weights", str(folder / "resnet18.safetensors")]
+    out = tmp_path / "resnet18-ltx"
+    main(["pretrain", *timm_model, "--data", str(folder / "photos"), "--val-size", "1", "--epochs", "1", "--batch-size", "1",
+          "--finetune-steps", "2", "--out", str(out)])
+    config = json.loads((out / "config.json").read_text())
+    assert config["finetuning"]["finetune_steps"] == 2 and config["command"].startswith("captum-ltx pretrain --model resnet18")
+    figure = tmp_path / "ltx.png"
+    main(["explain", str(folder / "photos" / "coffee.jpg"), *timm_model, "--methods", "ltx", "--explainer", str(out), "--out", str(figure)])
+    assert figure.is_file() and "ltx" in capsys.readouterr().out

@@ -267,3 +267,38 @@ def test_integration_points_run_only_the_network_after_their_stage(variant, monk
     monkeypatch.setattr(_cnn, "traced_tail", lambda *a: None)  # the stand-in image instead
     assert IIA(model, variant=variant, n_steps=2, normalize=False).layers.cnn(x, ()) == ("layer3", "layer4")
     torch.testing.assert_close(traced, IIA(model, variant=variant, n_steps=2, normalize=False).attribute(x, target=1))
+
+
+class GlobalPoolNet(torch.nn.Module):
+    """A 1x1 convolution, a global average pool and a linear layer: GradCAM's weights are known."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Conv2d(3, 4, 1)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def test_gradcam_is_its_formula_and_captums_layer_gradcam():
+    from captum.attr import LayerGradCam
+
+    from captum_ltx._maps import min_max
+
+    torch.manual_seed(0)
+    model = GlobalPoolNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    targets = [0, 2]
+    with torch.no_grad():
+        activations = model.features(x)
+    # d logit_c / d A_k(i, j) = W[c, k] / (h w) everywhere, so each channel's weight (the gradient's
+    # spatial mean, as Grad-CAM and pytorch-grad-cam take it) is W[c, k] / 64
+    weights = model.fc.weight.detach()[targets] / 64
+    cam = (weights[:, :, None, None] * activations).sum(dim=1).clamp_min(0)
+    raw = GradCAM(model, layer="features", normalize=False).attribute(x, target=targets)
+    torch.testing.assert_close(raw, cam[:, None].expand_as(x))
+    captum = LayerGradCam(model, model.features).attribute(x, target=torch.tensor(targets), relu_attributions=True)
+    torch.testing.assert_close(raw[:, :1], captum)
+    scaled = GradCAM(model, layer="features").attribute(x, target=targets)
+    torch.testing.assert_close(scaled[:, 0], min_max(cam))

@@ -29,23 +29,11 @@ from ..metrics import (
     randomized_copy,
     spearman,
 )
-from .report import summarise
+from .report import read_records, summarise
 from .tracks import Sample
 
 RESULTS = "results.jsonl"
 CONFIG = "config.json"
-
-
-def _records(path: str) -> list[dict[str, Any]]:
-    records = []
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut short by an interruption
-                    continue
-    return records
 
 
 def _shard_files(out_dir: str) -> list[str]:
@@ -66,12 +54,12 @@ def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> 
     position = {s.id: i for i, s in enumerate(samples)}
     rank = {m: i for i, m in enumerate(plan)}
     new = sorted(
-        (r for path in shards for r in _records(path)),
+        (r for path in shards for r in read_records(path, missing_ok=True)),
         key=lambda r: (position[r["image"]], rank[r["method"]]),
     )
     results = os.path.join(out_dir, RESULTS)
     with open(results + ".tmp", "w") as f:
-        for record in _records(results) + new:
+        for record in read_records(results, missing_ok=True) + new:
             f.write(json.dumps(record) + "\n")
     os.replace(results + ".tmp", results)
     for path in shards:
@@ -151,7 +139,7 @@ def run_benchmark(
     os.makedirs(out_dir, exist_ok=True)
     plan = {m: {} for m in methods} if isinstance(methods, list) else dict(methods)
     for label in plan:
-        registry.spec(label.split("=")[-1])
+        registry.spec(registry.split_label(label)[1])
     config = {
         "model": model_name,
         "track": track,
@@ -166,7 +154,9 @@ def run_benchmark(
     barrier()
     shards = [RESULTS] if world == 1 else [RESULTS, *map(os.path.basename, _shard_files(out_dir))]
     done = {
-        (r["image"], r["method"]) for name in shards for r in _records(os.path.join(out_dir, name))
+        (r["image"], r["method"])
+        for name in shards
+        for r in read_records(os.path.join(out_dir, name), missing_ok=True)
     }
     # under torchrun each process explains every world-th image and writes its own file
     results_path = os.path.join(out_dir, RESULTS if world == 1 else f"results.rank{rank}.jsonl")
@@ -184,7 +174,7 @@ def run_benchmark(
                     randomized = randomized_copy(model, samples[0].image[None].to(device))
                 target_model = randomized
             built[label, scrambled] = registry.create(
-                label.split("=")[-1], target_model, **plan[label]
+                registry.split_label(label)[1], target_model, **plan[label]
             )
         return built[label, scrambled]
 

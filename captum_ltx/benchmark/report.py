@@ -61,15 +61,22 @@ def bootstrap_interval(
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def load_results(out_dir: str) -> list[dict[str, Any]]:
+def read_records(path: str, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The records of a JSONL results file, skipping a last line cut short by an interruption."""
+    if missing_ok and not os.path.isfile(path):
+        return []
     records = []
-    with open(os.path.join(out_dir, "results.jsonl")) as f:
+    with open(path) as f:
         for line in f:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
     return records
+
+
+def load_results(out_dir: str) -> list[dict[str, Any]]:
+    return read_records(os.path.join(out_dir, "results.jsonl"))
 
 
 def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._maps import to_map
+from .._maps import min_max, to_map
 
 
 def _average_precision(scores: Tensor, labels: Tensor) -> Tensor:
@@ -48,10 +48,7 @@ def localisation(maps: Tensor, masks: Tensor) -> dict[str, Tensor]:
     if (gt.flatten(1).sum(dim=1) == 0).any():
         raise ValueError("`masks` holds an empty mask: every image needs an object to localise")
     flat, truth = saliency.flatten(1), gt.flatten(1)
-    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
-    normalised = torch.where(
-        high > low, (flat - low) / (high - low).clamp_min(1e-12), torch.zeros_like(flat)
-    )
+    normalised = min_max(flat)
     predicted = normalised > normalised.mean(dim=1, keepdim=True)
 
     def iou(a: Tensor, b: Tensor) -> Tensor:

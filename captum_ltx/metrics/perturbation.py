@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._maps import to_map
+from .._maps import min_max, to_map
 from .._model import black_in_input_space, eval_mode, normalization_of
 from .._validation import (
     check_choice,
@@ -277,11 +277,7 @@ def adp_pic(
     setup = _Setup(
         forward_func, inputs, maps, target, baseline, normalization, additional_forward_args
     )
-    low = setup.map.flatten(1).amin(dim=1).view(-1, 1, 1)
-    span = setup.map.flatten(1).amax(dim=1).view(-1, 1, 1) - low
-    weight = torch.where(
-        span > 0, (setup.map - low) / span.clamp_min(1e-12), torch.zeros_like(setup.map)
-    ).unsqueeze(1)
+    weight = min_max(setup.map).unsqueeze(1)
     masked = setup.fill + weight.to(inputs.dtype) * (inputs - setup.fill)
     with eval_mode(forward_func), torch.no_grad():
         masked_probability = (
