@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from captum.attr import LayerGradCam
@@ -13,36 +11,31 @@ from torch import Tensor, nn
 from ._base import MapAttribution
 from ._cnn import last_stage, resolve_layer
 from ._maps import spatial_size
+from ._model import target_score
 from ._vit import num_prefix_tokens, token_grid
 
 
-class _TokenGrid(nn.Module):
-    """Identity on a token sequence that passes the patch tokens through ``grid`` as a (B, D, h, w) map."""
-
-    def __init__(self, prefix: int, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.prefix, self.size = prefix, size
-        self.grid = nn.Identity()
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        prefix, patches = tokens[:, : self.prefix], tokens[:, self.prefix :]
-        b, n, d = patches.shape
-        grid = self.grid(patches.transpose(1, 2).reshape(b, d, *self.size))
-        return torch.cat([prefix, grid.flatten(2).transpose(1, 2)], dim=1)
-
-
-@contextlib.contextmanager
-def _token_grid_after(model: nn.Module, layer: str, size: tuple[int, int]) -> Iterator[nn.Module]:
-    """Temporarily follows ``layer`` with a token-to-grid identity; yields the module whose output is the grid."""
-    parent_name, _, child = layer.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    original = getattr(parent, child)
-    grid = _TokenGrid(num_prefix_tokens(model), size)
-    setattr(parent, child, nn.Sequential(original, grid))
+def _vit_gradcam(
+    model: nn.Module, layer: nn.Module, x: Tensor, target: Tensor, args: tuple[Any, ...]
+) -> Tensor:
+    """Grad-CAM on ``layer``'s patch tokens read as a (B, D, h, w) grid: what ``LayerGradCam`` computes
+    on a grid-shaped layer, from a forward hook (removed again) rather than a module put into the model."""
+    captured: list[Tensor] = []
+    handle = layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
     try:
-        yield grid.grid
+        logits = model(x, *args)
     finally:
-        setattr(parent, child, original)
+        handle.remove()
+    (tokens,) = captured
+    (grads,) = torch.autograd.grad(target_score(logits, target), tokens)
+    prefix, (h, w) = num_prefix_tokens(model), token_grid(model, spatial_size(x))
+
+    def grid(t: Tensor) -> Tensor:
+        return t[:, prefix:].transpose(1, 2).reshape(t.shape[0], t.shape[2], h, w)
+
+    activations, gradients = grid(tokens), grid(grads)
+    weights = gradients.mean(dim=(2, 3), keepdim=True)
+    return (weights * activations).sum(dim=1, keepdim=True).clamp_min(0)
 
 
 class GradCAM(MapAttribution):
@@ -50,7 +43,8 @@ class GradCAM(MapAttribution):
 
     The channel weights are the spatially averaged gradients of the target logit at ``layer``; the map
     is the ReLU of the weighted sum of its activations (Captum's ``LayerGradCam`` with
-    ``relu_attributions=True``), upsampled (bicubic for CNNs, bilinear for ViTs) and min-max normalised.
+    ``relu_attributions=True``; on a ViT the same on the layer's patch tokens read as a grid, through a
+    forward hook that is removed again, so the model is never edited), upsampled (bicubic for CNNs, bilinear for ViTs) and min-max normalised.
 
     Args:
         forward_func (nn.Module): the classifier.
@@ -85,13 +79,9 @@ class GradCAM(MapAttribution):
     def _maps(self, x: Tensor, target: Tensor, baseline: Tensor, args: tuple[Any, ...]) -> Tensor:
         model = self.forward_func
         if self.family == "vit":
-            name = (
-                self.layer
-                if isinstance(self.layer, str)
-                else f"blocks.{len(model.blocks) - 1}.norm1"
-            )
-            with _token_grid_after(model, name, token_grid(model, spatial_size(x))) as grid:
-                return self._layer_gradcam(grid, x, target, args)
+            blocks = cast(nn.Sequential, model.blocks)
+            layer = self.layer if self.layer is not None else f"blocks.{len(blocks) - 1}.norm1"
+            return _vit_gradcam(model, resolve_layer(model, layer), x, target, args)
         layer = self.layer if self.layer is not None else last_stage(model, x, args)
         return self._layer_gradcam(resolve_layer(model, layer), x, target, args)
 

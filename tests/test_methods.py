@@ -115,7 +115,17 @@ def test_gradcam_on_a_vit_is_not_all_zero(images):
     attr = GradCAM(model, normalize=False).attribute(images, target=1)
     assert attr.abs().sum() > 0
     assert all(getattr(b.attn, "fused_attn", True) for b in model.blocks)
-    assert type(model.blocks[-1].norm1).__name__ == "LayerNorm"  # the temporary token grid is gone
+
+
+def test_vit_gradcam_reads_the_token_grid_without_touching_the_model(images):
+    model = tiny_vit()
+    modules, before = dict(model.named_modules()), snapshot(model)
+    default = GradCAM(model).attribute(images, target=1)
+    assert_unchanged(before, model)
+    assert all(model.get_submodule(name) is module for name, module in modules.items())  # nothing swapped in
+    by_module = GradCAM(model, layer=model.blocks[0].norm1).attribute(images, target=1)
+    torch.testing.assert_close(by_module, GradCAM(model, layer="blocks.0.norm1").attribute(images, target=1))
+    assert not torch.allclose(by_module, default)  # a layer given as a module is the one read
 
 
 def test_iia2_equals_its_formula_on_a_tiny_cnn(images):
