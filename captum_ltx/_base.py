@@ -47,7 +47,8 @@ class MapAttribution(GradientAttribution):
     r"""Base class of methods that explain an image by one map, returned over the input's channels.
 
     Subclasses set ``families`` (the model families they support) and implement :meth:`_maps`, which
-    gives a low-resolution (b, 1, h, w) map for a chunk of images. This class validates inputs and
+    gives a low-resolution (b, 1, h, w) map for a chunk of images; one with options of its own per call
+    (LTX's ``finetune_steps``) checks them in :meth:`_call_options`. This class validates inputs and
     targets, runs the model in eval mode with gradients enabled (also under a caller's ``no_grad``),
     explains images one at a time unless ``batched`` (so instances never interact), upsamples, min-max
     normalises each map if ``normalize`` and repeats it over channels.
@@ -97,6 +98,7 @@ class MapAttribution(GradientAttribution):
         target: Any = None,
         baselines: Any = None,
         additional_forward_args: Any = None,
+        **options: Any,
     ) -> Tensor | tuple[Tensor, ...]:
         r"""Explains each image by a map repeated over its channels.
 
@@ -105,23 +107,25 @@ class MapAttribution(GradientAttribution):
             target (int, list, Tensor or None): class per image in any Captum form; ``None`` explains the
                 model's prediction.
             baselines (scalar or Tensor, optional): the reference image of path methods (default 0, the
-                normalised zero image, as in the reference code); ignored by the others.
+                normalised zero image, as in the reference code); for LTX what fills removed pixels
+                (default black in pixel space; given, it replaces the objective's blur or mix);
+                ignored by the others.
             additional_forward_args (Any, optional): further model arguments, after the images.
+            options: the method's own per-call options, if it has any (LTX: ``finetune_steps``).
 
         Returns:
             Tensor (or 1-tuple) of the inputs' shape; in [0, 1] when ``normalize``.
         """
         x, is_tuple = single_image_input(inputs, self.get_name())
+        call = self._call_options(x, baselines, **options)
         args = format_forward_args(additional_forward_args)
         batch = x.shape[0]
         with eval_mode(self.forward_func), torch.enable_grad():
             num_classes, predicted = num_classes_of(self.forward_func, x, args)
             targets = format_target(target, batch, num_classes, predicted).to(x.device)
-            fill = format_baseline(
-                baselines, x, torch.zeros((), device=x.device, dtype=x.dtype)
-            ).expand_as(x)
+            fill = format_baseline(baselines, x, self._default_baseline(x)).expand_as(x)
             if self.batched:
-                maps = self._maps(x, targets, fill, args)
+                maps = self._maps(x, targets, fill, args, **call)
             else:
                 maps = torch.cat(
                     [
@@ -130,11 +134,14 @@ class MapAttribution(GradientAttribution):
                             targets[i : i + 1],
                             fill[i : i + 1],
                             select_rows(args, slice(i, i + 1), batch),
+                            **call,
                         )
                         for i in range(batch)
                     ]
                 )
-        maps = maps.detach().float()
+        maps = maps.detach()
+        if maps.dtype not in (torch.float32, torch.float64):  # interpolation wants full precision
+            maps = maps.float()
         if maps.shape[-2:] != x.shape[-2:]:
             maps = F.interpolate(
                 maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False
@@ -143,6 +150,18 @@ class MapAttribution(GradientAttribution):
             maps = min_max(maps)
         attributions = maps.to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
+
+    def _call_options(self, x: Tensor, baselines: Any, **options: Any) -> dict[str, Any]:
+        """Checks a call's own options (none here) and returns what :meth:`_maps` takes of them."""
+        if options:
+            raise TypeError(
+                f"{self.get_name()}.attribute() got unexpected arguments {sorted(options)}"
+            )
+        return {}
+
+    def _default_baseline(self, x: Tensor) -> Tensor:
+        """What fills ``baselines`` when the caller gives none: the normalised zero image."""
+        return torch.zeros((), device=x.device, dtype=x.dtype)
 
     def _maps(self, x: Tensor, target: Tensor, baseline: Tensor, args: tuple[Any, ...]) -> Tensor:
         raise NotImplementedError

