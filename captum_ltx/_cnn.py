@@ -11,6 +11,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from . import _hooks
 from ._maps import spatial_size
 from ._model import target_score
 from ._validation import repeat_rows
@@ -28,13 +29,8 @@ def spatial_outputs(
         if isinstance(out, Tensor) and out.dim() == 4 and min(out.shape[-2:]) > 1:
             order.append((names[module], out.shape[-2] * out.shape[-1]))
 
-    handles = [m.register_forward_hook(record) for m in names]
-    try:
-        with torch.no_grad():
-            (forward or model)(x, *args)
-    finally:
-        for h in handles:
-            h.remove()
+    with _hooks.forward_hooks((m, record) for m in names), torch.no_grad():
+        (forward or model)(x, *args)
     return order
 
 
@@ -132,18 +128,8 @@ class StageRunner:
         self, x: Tensor, layers: list[str], args: tuple[Any, ...]
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Runs the model on ``x``; returns its logits and the outputs of ``layers``."""
-        captured: dict[str, Tensor] = {}
-        handles = [
-            self.model.get_submodule(n).register_forward_hook(
-                lambda _m, _i, out, n=n: captured.__setitem__(n, out)
-            )
-            for n in layers
-        ]
-        try:
+        with _hooks.capture(self.model, layers) as captured:
             logits = self.model(x, *args)
-        finally:
-            for h in handles:
-                h.remove()
         return logits, captured
 
     def run_from(
@@ -152,33 +138,19 @@ class StageRunner:
         """Logits with ``layer``'s output replaced by ``value`` (and ``capture``'s output, if named)."""
         if (layer, capture) not in self.runs:
             self.runs[layer, capture] = self._separating_run(layer, capture)
-        captured: list[Tensor] = []
-        handles = []
-        if capture is not None:
-            handles.append(
-                self.model.get_submodule(capture).register_forward_hook(
-                    lambda _m, _i, out: captured.append(out)
-                )
-            )
-        try:
+        with _hooks.capture(self.model, [capture] if capture is not None else []) as captured:
             logits = self.runs[layer, capture](value, args)
-        finally:
-            for h in handles:
-                h.remove()
-        return logits, (captured[-1] if captured else None)
+        return logits, (captured.get(capture) if capture is not None else None)
 
     def _stand_in(self, layer: str, size: tuple[int, int]) -> Callable[..., Tensor]:
         def run(value: Tensor, args: tuple[Any, ...]) -> Tensor:
             stand_in = torch.zeros(
                 value.shape[0], *self.x.shape[1:2], *size, device=value.device, dtype=value.dtype
             )
-            handle = self.model.get_submodule(layer).register_forward_hook(
-                lambda _m, _i, _out: value
-            )
-            try:
+            with _hooks.forward_hooks(
+                [(self.model.get_submodule(layer), lambda _m, _i, _out: value)]
+            ):
                 return self.model(stand_in, *args)
-            finally:
-                handle.remove()
 
         return run
 

@@ -9,6 +9,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from ._hooks import forward_hooks
 from ._model import target_score
 from ._validation import repeat_rows
 
@@ -56,7 +57,6 @@ def probe_attention(model: nn.Module, probe: AttentionProbe) -> Iterator[Attenti
     """Switches fused attention off (so that probabilities exist) and hooks every block, then restores."""
     blocks: list[Any] = list(cast(nn.Sequential, model.blocks))
     fused = [getattr(b.attn, "fused_attn", None) for b in blocks]
-    handles = []
 
     def hook(index: int):
         def record(_module: nn.Module, _inputs: object, output: Tensor) -> Tensor:
@@ -70,11 +70,9 @@ def probe_attention(model: nn.Module, probe: AttentionProbe) -> Iterator[Attenti
         for i, block in enumerate(blocks):
             if fused[i] is not None:
                 block.attn.fused_attn = False
-            handles.append(block.attn.attn_drop.register_forward_hook(hook(i)))
-        yield probe
+        with forward_hooks((b.attn.attn_drop, hook(i)) for i, b in enumerate(blocks)):
+            yield probe
     finally:
-        for h in handles:
-            h.remove()
         for block, flag in zip(blocks, fused):
             if flag is not None:
                 block.attn.fused_attn = flag

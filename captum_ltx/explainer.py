@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._cnn import spatial_order, spatial_outputs, stage_names
+from ._hooks import capture
 from ._model import (
     architecture_fingerprint,
     check_normalization,
@@ -53,23 +54,13 @@ def _read_features(
     """The head's main features and the outputs of the finer layers (``features["fine"]``), in one forward."""
     hooked = [features["layer"]] if features["access"] == "hook" else []
     hooked += [fine["layer"] for fine in features.get("fine", ())]
-    captured: dict[str, Tensor] = {}
-    # Registered per call (not once) so that deep copies of an explainer never share a hook.
-    handles = [
-        net.get_submodule(name).register_forward_hook(
-            lambda _m, _i, out, name=name: captured.__setitem__(name, out)
-        )
-        for name in hooked
-    ]
-    try:
+    # Hooked per call (not once) so that deep copies of an explainer never share a hook.
+    with capture(net, hooked) as captured:
         main = (
             cast(Any, net).forward_features(x)
             if features["access"] == "forward_features"
             else net(x, *args)
         )
-    finally:
-        for handle in handles:
-            handle.remove()
     if features["access"] == "hook":
         main = captured[features["layer"]]
     return main, [captured[fine["layer"]] for fine in features.get("fine", ())]

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._base import MapAttribution
 from ._cnn import last_stage, resolve_layer
+from ._hooks import forward_hooks
 from ._maps import spatial_size
 from ._model import target_score
 from ._vit import num_prefix_tokens, token_grid
@@ -21,12 +22,9 @@ def _vit_gradcam(
     """Grad-CAM on ``layer``'s patch tokens read as a (B, D, h, w) grid: what ``LayerGradCam`` computes
     on a grid-shaped layer, from a forward hook (removed again) rather than a module put into the model."""
     captured: list[Tensor] = []
-    handle = layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
-    try:
+    with forward_hooks([(layer, lambda _module, _inputs, output: captured.append(output))]):
         logits = model(x, *args)
-    finally:
-        handle.remove()
-    (tokens,) = captured
+    tokens = captured[-1]
     (grads,) = torch.autograd.grad(target_score(logits, target), tokens)
     prefix, (h, w) = num_prefix_tokens(model), token_grid(model, spatial_size(x))
 
