@@ -18,6 +18,7 @@ from typing import Any
 from captum.attr import Attribution
 
 from ._base import model_family
+from ._registry import Registry
 
 __all__ = ["MethodSpec", "available", "create", "model_family", "register", "spec", "split_label"]
 
@@ -32,14 +33,12 @@ class MethodSpec:
     summary: str
 
 
-_REGISTRY: dict[str, MethodSpec] = {}
+METHODS: Registry[MethodSpec] = Registry("method")
 
 
 def register(name: str, families: tuple[str, ...], summary: str) -> Callable:
     def add(build: Callable[..., Attribution]) -> Callable[..., Attribution]:
-        if name in _REGISTRY:
-            raise ValueError(f"method {name!r} is registered already")
-        _REGISTRY[name] = MethodSpec(name, build, families, summary)
+        METHODS.add(name, MethodSpec(name, build, families, summary))
         return build
 
     return add
@@ -49,7 +48,7 @@ def available(family: str | None = None) -> list[str]:
     """Names of the registered methods, all or those supporting ``family`` (``"cnn"`` or ``"vit"``)."""
     if family is not None and family not in ("cnn", "vit"):
         raise ValueError(f"`family` must be 'cnn', 'vit' or None, got {family!r}")
-    return sorted(n for n, s in _REGISTRY.items() if family is None or family in s.families)
+    return [n for n, s in METHODS.items() if family is None or family in s.families]
 
 
 def split_label(label: str) -> tuple[str, str]:
@@ -59,9 +58,7 @@ def split_label(label: str) -> tuple[str, str]:
 
 
 def spec(name: str) -> MethodSpec:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(available())}")
-    return _REGISTRY[name]
+    return METHODS.get(name)
 
 
 def create(name: str, model: Any, **options: Any) -> Attribution:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
 from torch import nn
 
+from ._registry import Registry
 from ._shipped import shipped_model_folder
 
 LITE_PACKAGES = {
@@ -201,16 +203,15 @@ def _shipped(name: str) -> Any:
     return create
 
 
-_MODELS = {
-    "efficientnet_lite0": lambda **kw: efficientnet_lite("tf_efficientnet_lite0", **kw),
-    "efficientnet_lite2": lambda **kw: efficientnet_lite("tf_efficientnet_lite2", **kw),
-    "fashion_vit": _shipped("fashion-vit"),
-    "fashion_cnn": _shipped("fashion-cnn"),
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS.add("efficientnet_lite0", lambda **kw: efficientnet_lite("tf_efficientnet_lite0", **kw))
+MODELS.add("efficientnet_lite2", lambda **kw: efficientnet_lite("tf_efficientnet_lite2", **kw))
+MODELS.add("fashion_vit", _shipped("fashion-vit"))
+MODELS.add("fashion_cnn", _shipped("fashion-cnn"))
 
 
 def available_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def timm_model(architecture: str, weights: str | os.PathLike[str], **kwargs: Any) -> nn.Module:
@@ -242,10 +243,10 @@ def timm_model(architecture: str, weights: str | os.PathLike[str], **kwargs: Any
 def create_model(name: str, **options: Any) -> nn.Module:
     """An explained model with real weights, in eval mode: by name (``available_models()``), or any
     timm architecture with ``weights=`` a local file (:func:`timm_model`)."""
-    if name not in _MODELS:
+    if name not in MODELS:
         if "weights" in options:
             return timm_model(name, **options)
         raise ValueError(
             f"unknown model {name!r}; available: {', '.join(available_models())}, or a timm architecture with `weights`"
         )
-    return _MODELS[name](**options)
+    return MODELS.get(name)(**options)

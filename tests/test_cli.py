@@ -63,7 +63,7 @@ def test_pretrain_records_the_finetuning_objective_over_the_default(tmp_path, mo
         return [(torch.randn(3, IMAGE, IMAGE, generator=g), 0, None) for _ in range(length)]
 
     monkeypatch.setattr(cli, "_model", lambda args: tiny_cnn())
-    monkeypatch.setitem(datasets._DATASETS, "noise", noise)
+    monkeypatch.setitem(datasets.DATASETS._entries, "noise", noise)
     common = ["pretrain", "--data", "noise", "--train-size", "4", "--val-size", "2", "--batch-size", "2", "--epochs", "1",
               "--mask-weight", "5", "--target", "predicted"]
     main(common + ["--out", str(tmp_path / "default")])

@@ -312,3 +312,16 @@ def test_gradcam_is_its_formula_and_captums_layer_gradcam():
     torch.testing.assert_close(raw[:, :1], captum)
     scaled = GradCAM(model, layer="features").attribute(x, target=targets)
     torch.testing.assert_close(scaled[:, 0], min_max(cam))
+
+
+def test_every_registry_refuses_a_taken_name_and_lists_the_known_ones():
+    from captum_ltx.benchmark.tracks import TRACKS
+    from captum_ltx.datasets import DATASETS
+    from captum_ltx.methods import METHODS
+    from captum_ltx.models import MODELS
+
+    for registry, taken in ((METHODS, "gradcam"), (MODELS, "fashion_vit"), (TRACKS, "fashion-two"), (DATASETS, "tuxpaint")):
+        with pytest.raises(ValueError, match=f"{registry.kind} '{taken}' is registered already"):
+            registry.add(taken, registry.get(taken))
+        with pytest.raises(ValueError, match=f"unknown {registry.kind} 'nope'; available: .*{taken}"):
+            registry.get("nope")

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .._registry import Registry
+
 
 @dataclass
 class Sample:
@@ -23,31 +25,20 @@ class Sample:
     mask: Tensor | None = None  # (H, W) bool ground truth for localisation
 
 
-_TRACKS: dict[str, Callable[..., list[Sample]]] = {}
-
-
-def register_track(name: str) -> Callable:
-    def add(loader: Callable[..., list[Sample]]) -> Callable[..., list[Sample]]:
-        _TRACKS[name] = loader
-        return loader
-
-    return add
+TRACKS: Registry[Callable[..., list[Sample]]] = Registry("track")
+register_track = TRACKS.register
 
 
 def available_tracks() -> list[str]:
-    return sorted(_TRACKS)
+    return TRACKS.names()
 
 
 def create_track(name: str, model: nn.Module, **options: Any) -> list[Sample]:
     """Loads track ``name`` preprocessed for ``model`` (timm's data config); a ``name`` that is a
     folder gives its images (:func:`folder_track`)."""
-    if name not in _TRACKS and os.path.isdir(name):
+    if name not in TRACKS and os.path.isdir(name):
         return folder_track(model, name, **options)
-    if name not in _TRACKS:
-        raise ValueError(
-            f"unknown track {name!r}; available: {', '.join(available_tracks())}, or a folder of images"
-        )
-    return _TRACKS[name](model, **options)
+    return TRACKS.get(name)(model, **options)
 
 
 def folder_track(model: nn.Module, root: str, n: int | None = None) -> list[Sample]:

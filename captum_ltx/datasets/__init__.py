@@ -13,34 +13,26 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset
 
+from .._registry import Registry
 from .fashion_scenes import FashionScenes
 from .image_folder import ImageFolderData, image_folder_for
 from .tuxpaint import ImagesAndLabels, TuxpaintComposites
 from .tuxpaint_scenes import TuxpaintScenes
 
-_DATASETS: dict[str, Callable[..., Dataset]] = {}
-
-
-def register_dataset(name: str) -> Callable:
-    def add(factory: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        _DATASETS[name] = factory
-        return factory
-
-    return add
+DATASETS: Registry[Callable[..., Dataset]] = Registry("dataset")
+register_dataset = DATASETS.register
 
 
 def available_datasets() -> list[str]:
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def create_dataset(name: str, model: nn.Module, split: str, **options: Any) -> Dataset:
     """Dataset ``name`` of ``split`` ("train", "val", "test"), preprocessed for ``model``; a ``name``
     that is a folder gives its images (:class:`ImageFolderData`; ``val_size`` files held out for "val")."""
-    if name not in _DATASETS and os.path.isdir(name):
+    if name not in DATASETS and os.path.isdir(name):
         return image_folder_for(model, name, split, **options)
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(available_datasets())}")
-    return _DATASETS[name](model, split, **options)
+    return DATASETS.get(name)(model, split, **options)
 
 
 def _as_model_takes(model: nn.Module) -> dict[str, Any]:
