@@ -302,30 +302,23 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         checkpoint_dir=args.checkpoint_dir or args.out + ".work",
         explainer_options=_json_object(args.explainer_options, "--explainer-options"),
     )
-    finetuning: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("lr", args.finetune_lr),
-            ("backbone_lr", args.finetune_backbone_lr),
-            ("finetune_steps", args.finetune_steps),
-            ("finetune", args.finetune_part),
-            ("patience", args.finetune_patience),
-        )
-        if v is not None
-    }
-    recorded = explainer.config.setdefault(
-        "finetuning", {}
-    )  # LTX(model, checkpoint) uses these unless told otherwise
-    recorded.update(finetuning)
-    if (
-        args.finetune_objective != "{}" or args.finetune_mask_weight is not None
-    ):  # over pretrain()'s default
-        recorded["objective"] = _objective(
+    objective = None
+    if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:
+        # over pretrain()'s default
+        objective = _objective(
             args.finetune_objective,
             "--finetune-objective",
-            recorded.get("objective"),
+            explainer.finetuning.objective,
             mask_weight=args.finetune_mask_weight,
         ).to_config()
+    explainer.record_finetuning(  # LTX(model, checkpoint) uses these unless told otherwise
+        lr=args.finetune_lr,
+        backbone_lr=args.finetune_backbone_lr,
+        finetune_steps=args.finetune_steps,
+        finetune=args.finetune_part,
+        patience=args.finetune_patience,
+        objective=objective,
+    )
     explainer.config["command"] = shlex.join(["captum-ltx", "pretrain"] + argv)
     explainer.save(args.out)
     print(f"wrote {args.out}")

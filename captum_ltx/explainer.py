@@ -8,6 +8,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any, cast
 
 import torch
@@ -23,11 +24,77 @@ from ._model import (
     normalization_of,
 )
 from ._shipped import explainer_folder
-from ._validation import format_target
+from ._validation import check_choice, check_positive_int, format_target
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "explainer.safetensors"
 FORMAT_VERSION = 1
+FINETUNED_PARTS = ("all", "head")
+
+
+@dataclass(frozen=True)
+class FinetuningCfg:
+    """The per-image finetuning a checkpoint records (``config["finetuning"]``), chosen with it;
+    ``None``: not recorded, LTX's own default applies. Validated when made, so a checkpoint with a bad
+    record is refused when loaded.
+
+    Args:
+        finetune (str, optional): explainer parts trained per image, ``"all"`` or ``"head"``.
+        finetune_steps (int, optional): steps per image (0: pLTX).
+        lr (float, optional): lr of the head (and of the backbone unless ``backbone_lr``).
+        backbone_lr (float, optional): lr of the backbone.
+        patience (int, optional): stop after this many steps without improvement.
+        mask_weight (float, optional): the objective's mask weight, as written before the whole
+            objective was recorded.
+        objective (dict, optional): :class:`~captum_ltx.LTXObjective` settings.
+    """
+
+    finetune: str | None = None
+    finetune_steps: int | None = None
+    lr: float | None = None
+    backbone_lr: float | None = None
+    patience: int | None = None
+    mask_weight: float | None = None
+    objective: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.finetune is not None:
+            check_choice(self.finetune, "finetune", FINETUNED_PARTS)
+        if self.finetune_steps is not None:
+            check_positive_int(self.finetune_steps, "finetune_steps", allow_zero=True)
+        if self.patience is not None:
+            check_positive_int(self.patience, "patience")
+        for name in ("lr", "backbone_lr", "mask_weight"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+        if self.objective is not None and not isinstance(self.objective, dict):
+            raise ValueError(
+                f"`objective` must be a dict of LTXObjective settings, got {self.objective!r}"
+            )
+
+    @classmethod
+    def from_config(cls, recorded: dict[str, Any]) -> FinetuningCfg:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(recorded) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown finetuning settings {unknown}; expected some of {sorted(known)}"
+            )
+        return cls(**recorded)
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings recorded (``None`` ones left out), as JSON takes them."""
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
+
+
 HEADS = ("mlp", "conv")
 FEATURE_NORMS = ("layer", "image")
 DEFAULT_FEATURE_NORM = "layer"
@@ -490,6 +557,16 @@ class Explainer(nn.Module):
 
     # -- checkpoints --------------------------------------------------------------------------------
 
+    @property
+    def finetuning(self) -> FinetuningCfg:
+        """The per-image finetuning recorded with this explainer (``LTX`` uses it unless told otherwise)."""
+        return FinetuningCfg.from_config(self.config.get("finetuning", {}))
+
+    def record_finetuning(self, **settings: Any) -> None:
+        """Records :class:`FinetuningCfg` settings over the recorded ones (validated; ``None``: kept)."""
+        given = {k: v for k, v in settings.items() if v is not None}
+        self.config["finetuning"] = replace(self.finetuning, **given).to_config()
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes ``path/explainer.safetensors`` and ``path/config.json``."""
         from safetensors.torch import save_file
@@ -523,6 +600,12 @@ class Explainer(nn.Module):
             raise ValueError(
                 f"`path` {str(path)!r}: format version {config['format_version']} is not supported (expected {FORMAT_VERSION})"
             )
+        try:
+            FinetuningCfg.from_config(config.get("finetuning", {}))
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"`path` {str(path)!r}: its finetuning record is invalid: {e}"
+            ) from None
         return config
 
     @classmethod

@@ -24,7 +24,7 @@ from ._validation import (
     check_positive_int,
     select_rows,
 )
-from .explainer import Explainer
+from .explainer import FINETUNED_PARTS, Explainer, FinetuningCfg
 from .metrics.perturbation import perturbation_auc
 from .objective import DEFAULT_FINETUNING_OBJECTIVE, LTXObjective, blurred
 
@@ -34,7 +34,6 @@ FRESH_BACKBONE_LR = 2e-3
 DEFAULT_FINETUNE_STEPS = 25
 
 SELECTIONS = ("loss", "last", "mean", "pos_auc")
-FINETUNED_PARTS = ("all", "head")
 
 
 class LTXAttribution(MapAttribution):
@@ -180,23 +179,27 @@ class LTXAttribution(MapAttribution):
                 f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}"
             )
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
-        chosen = self.explainer.config.get("finetuning", {}) if self.explainer is not None else {}
+        chosen = self.explainer.finetuning if self.explainer is not None else FinetuningCfg()
         self._rates = (lr, backbone_lr)
         self.lr: float | None = None
         self.backbone_lr: float | None = None
         if self.explainer is not None:
             self._resolve_rates(self.explainer)
         self.finetune = check_choice(
-            finetune if finetune is not None else chosen.get("finetune", "all"),
+            finetune if finetune is not None else (chosen.finetune or "all"),
             "finetune",
             FINETUNED_PARTS,
         )
-        patience = patience if patience is not None else chosen.get("patience")
+        patience = patience if patience is not None else chosen.patience
         self.patience = None if patience is None else check_positive_int(patience, "patience")
         self.finetune_steps = check_positive_int(
             finetune_steps
             if finetune_steps is not None
-            else chosen.get("finetune_steps", DEFAULT_FINETUNE_STEPS),
+            else (
+                chosen.finetune_steps
+                if chosen.finetune_steps is not None
+                else DEFAULT_FINETUNE_STEPS
+            ),
             "finetune_steps",
             allow_zero=True,
         )
@@ -205,9 +208,9 @@ class LTXAttribution(MapAttribution):
                 f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}"
             )
         # "mask_weight" alone was written before the objective was recorded whole
-        legacy = {"mask_weight": chosen["mask_weight"]} if "mask_weight" in chosen else {}
-        if "objective" in chosen:
-            recorded = {**legacy, **chosen["objective"]}
+        legacy = {"mask_weight": chosen.mask_weight} if chosen.mask_weight is not None else {}
+        if chosen.objective is not None:
+            recorded = {**legacy, **chosen.objective}
         elif self.explainer is not None and self.explainer.config.get("training"):
             recorded = legacy  # pretrained before objectives were recorded: the reference's, as it was made with
         else:  # a fresh head
@@ -313,20 +316,22 @@ class LTXAttribution(MapAttribution):
         backbone lr is used for both, as before the backbone had its own rate.
         """
         lr, backbone_lr = self._rates
-        chosen = explainer.config.get("finetuning", {})
+        chosen = explainer.finetuning
         fresh = (
             not explainer.config.get("training") and explainer.config.get("mask_prior") is not None
         )
         default = (
             FRESH_HEAD_STEP / explainer.config["features"]["channels"] if fresh else DEFAULT_LR
         )
-        self.lr = float(lr if lr is not None else chosen.get("lr", default))
+        recorded_lr = chosen.lr if chosen.lr is not None else default
+        self.lr = float(lr if lr is not None else recorded_lr)
         default_backbone = (
-            FRESH_BACKBONE_LR if fresh and lr is None and "lr" not in chosen else self.lr
+            FRESH_BACKBONE_LR if fresh and lr is None and chosen.lr is None else self.lr
         )
-        self.backbone_lr = float(
-            backbone_lr if backbone_lr is not None else chosen.get("backbone_lr", default_backbone)
+        recorded_backbone = (
+            chosen.backbone_lr if chosen.backbone_lr is not None else default_backbone
         )
+        self.backbone_lr = float(backbone_lr if backbone_lr is not None else recorded_backbone)
 
     def _finetune(
         self,

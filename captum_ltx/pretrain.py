@@ -699,9 +699,8 @@ def _finished(run: _Run) -> Explainer:
 
 def _record_finetuning_objective(explainer: Explainer, objective: LTXObjective) -> None:
     """Unless it has one: LTX finetunes this checkpoint with the default objective at the pretraining's mask weight."""
-    explainer.config.setdefault("finetuning", {}).setdefault(
-        "objective",
-        dataclasses.replace(
+    if explainer.finetuning.objective is None:
+        default = dataclasses.replace(
             DEFAULT_FINETUNING_OBJECTIVE, mask_weight=objective.mask_weight
-        ).to_config(),
-    )
+        )
+        explainer.record_finetuning(objective=default.to_config())

@@ -315,3 +315,26 @@ def test_an_explainer_by_name_or_folder_and_a_clear_error_for_neither(tmp_path):
         LTX(model, "resnet18")
     with pytest.raises(ValueError, match="holds an explainer for a .* but the explained model is a ResNet"):
         Explainer.from_pretrained("fashion_vit", model)  # a shipped name for another model is refused like a folder
+
+
+def test_finetuning_records_are_typed_validated_on_load_and_round_trip_every_shipped_checkpoint(tmp_path):
+    from captum_ltx import available_explainers
+    from captum_ltx._shipped import explainer_folder
+    from captum_ltx.explainer import FinetuningCfg
+
+    for name in available_explainers():
+        recorded = Explainer.read_config(explainer_folder(name))["finetuning"]
+        assert FinetuningCfg.from_config(recorded).to_config() == recorded, name
+    model = tiny_cnn()
+    explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE))
+    explainer.record_finetuning(lr=1e-3, finetune_steps=4)
+    explainer.record_finetuning(patience=2, lr=None)  # None keeps what is recorded
+    assert explainer.finetuning == FinetuningCfg(lr=1e-3, finetune_steps=4, patience=2)
+    for bad, message in (({"lr": -1.0}, "`lr` must be a finite number >= 0, got -1.0"),
+                         ({"mask_weight": "10"}, "`mask_weight` must be a finite number >= 0"),
+                         ({"finetune": "backbone"}, "`finetune` must be one of"),
+                         ({"steps": 3}, r"unknown finetuning settings \['steps'\]")):
+        explainer.config["finetuning"] = bad
+        explainer.save(tmp_path / "bad")
+        with pytest.raises(ValueError, match=message):
+            Explainer.load(tmp_path / "bad", model)
