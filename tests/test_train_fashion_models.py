@@ -1,4 +1,4 @@
-"""benchmarks/train_fashion_models.py on stand-in Fashion-MNIST files: training, and continuing a saved model."""
+"""benchmarks/fashion_training/train_fashion_models.py on stand-in Fashion-MNIST files: training, and continuing a saved model."""
 
 import ast
 import importlib.util
@@ -9,7 +9,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "train_fashion_models.py")
+SCRIPT = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "fashion_training", "train_fashion_models.py")
 
 
 def load_script():

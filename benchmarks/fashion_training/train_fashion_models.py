@@ -1,96 +1,17 @@
 """Trains the explained models of the Fashion-MNIST scenes track: a timm ViT and a timm CNN.
 
-The shipped CNN comes from three runs and the shipped ViT from five, the first two of each side by side on 2 CPU
-cores with OMP_NUM_THREADS=1:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --epochs 36 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-stage1
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks --epochs 40 --train-size 24000 --lr 2e-3 --out outputs/fashion-cnn-stage1
-
-(about 85 minutes each; these runs first wrote to checkpoints/, as their recorded command says), then,
-both still underfitting, continued with a new learning-rate cycle (about 75 minutes each):
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init outputs/fashion-vit-stage1 --epochs 30 --train-size 24000 --lr 5e-4 --out checkpoints/fashion-vit
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks --init outputs/fashion-cnn-stage1 --epochs 34 --train-size 24000 --lr 1e-3 --out checkpoints/fashion-cnn
-
-The CNN, still 1.55 points short of the two-item target, then got a third, smaller cycle from that model
-(copied to outputs/fashion-cnn-stage2) on both cores (OMP_NUM_THREADS=2, about 88 minutes), and the
-result was copied to checkpoints/fashion-cnn:
-
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks --init outputs/fashion-cnn-stage2 --epochs 34 --train-size 24000 --lr 5e-4 --out outputs/fashion-cnn-stage3
-
-A fourth cycle from that model, at a smaller learning rate and keeping a moving average of the weights
-(about 81 minutes on both cores), was not shipped: 92.05% / 84.8% on test against the shipped 92.2% /
-84.65% (its config.json, without the weights, is benchmarks/results/fashion_cnn-fourth-cycle.json):
-
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks --init outputs/fashion-cnn-stage3 --epochs 32 --train-size 24000 --lr 3e-4 --ema 0.999 --out outputs/fashion-cnn-stage4
-
-The ViT got a third cycle from its second-run model (copied to outputs/fashion-vit-stage2; about 52
-minutes on both cores; 88.75% / 75.2% on test against 88.9% / 73.15%), and the result was copied to
-checkpoints/fashion-vit:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init outputs/fashion-vit-stage2 --epochs 24 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-stage3
-
-Then a fourth cycle, distilled from the shipped CNN (``--teacher``; one core, about 81 minutes, side by
-side with the CNN run below; 89.55% / 76.15% on test), started from that model (then
-checkpoints/fashion-vit; its command above), and the result was copied to checkpoints/fashion-vit:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --epochs 20 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-distilled
-
-A fifth, shorter distilled cycle from that model (both cores, about 18 minutes; 89.8% / 76.35% on test)
-was copied to checkpoints/fashion-vit in the next session, once it had beaten that model on 4,000 fresh
-validation scenes of each kind (benchmarks/RESULTS.md):
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --epochs 8 --train-size 24000 --lr 3e-4 --ema 0.999 --out outputs/fashion-vit-distilled-cycle5
-
-Not shipped, both level with the shipped models on those fresh scenes (one core each, side by side,
-about 50 minutes; their config.json files are benchmarks/results/fashion_vit-8-blocks-cycle.json and
-fashion_cnn-drop-path-cycle.json): that ViT made two blocks deeper (``--init`` appends them as
-identities), and the CNN with stochastic depth, each distilled from the shipped CNN:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-8-blocks --init outputs/fashion-vit-distilled-cycle5 --teacher checkpoints/fashion-cnn --epochs 10 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-8-blocks
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks-drop-path --init checkpoints/fashion-cnn --teacher checkpoints/fashion-cnn --epochs 12 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-cnn-drop-path
-
-nor, level on them too (both cores, about 20 minutes; benchmarks/results/fashion_vit-distill-0.9-cycle.json),
-the fifth cycle again with the teacher's share of the loss raised to 0.9:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --distill-weight 0.9 --epochs 8 --train-size 24000 --lr 3e-4 --ema 0.999 --out outputs/fashion-vit-distill-0.9
-
-Nor (both cores, about 30 minutes; benchmarks/results/fashion_vit-avg-pool-cycle.json) the shipped ViT
-classifying the average of its patch tokens instead of its class token, again distilled:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks-avg --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --epochs 12 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-avg
-
-nor (the same, about 30 minutes; benchmarks/results/fashion_vit-stem2-cycle.json) the shipped ViT with
-4 x 4 patches over its stem's map before the max-pool:
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks-stem2 --init checkpoints/fashion-vit --teacher checkpoints/fashion-cnn --epochs 12 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-vit-stem2
-
-and, to compare the two stems from scratch (one core each, side by side, about 37 minutes; their
-config.json files are benchmarks/results/fashion_vit-scratch-*-10-epochs.json):
-
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks --epochs 10 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-scratch-pooled
-    python benchmarks/train_fashion_models.py --arch vit-hybrid-6-blocks-stem2 --epochs 10 --train-size 24000 --lr 1e-3 --out outputs/fashion-vit-scratch-stem2
-
-A CNN cycle with mirrored training scenes (``--hflip``; one core, about 71 minutes) was not shipped: on
-4,000 fresh validation scenes of each kind (``--evaluate ... --evaluate-split val --eval-size 4000 --seed 777``)
-it scored as the shipped CNN (91.05% / 85.0% against 91.0% / 85.2%); its config.json is
-benchmarks/results/fashion_cnn-hflip-cycle.json:
-
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks --init checkpoints/fashion-cnn --hflip --epochs 20 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-cnn-hflip
-
-A CNN with a stride-2 stem (``--arch cnn-2-blocks-stem2``), started from the shipped CNN's weights, was
-not shipped: it did not beat the shipped CNN on validation (benchmarks/RESULTS.md; each run's config.json
-is kept as benchmarks/results/fashion_cnn-stem2-*.json):
-
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks-stem2 --init outputs/fashion-cnn-stage3 --epochs 15 --train-size 24000 --lr 1e-3 --ema 0.999 --out outputs/fashion-cnn-stem2
-    python benchmarks/train_fashion_models.py --arch cnn-2-blocks-stem2 --init outputs/fashion-cnn-stem2 --epochs 11 --train-size 24000 --lr 5e-4 --ema 0.999 --out outputs/fashion-cnn-stem2-cycle2
-
-Each config.json records its command (``made_by``) and, nested, those of the runs it continued (``initialised_from``).
+Research scaffolding, outside the package: the shipped Fashion models (``captum_ltx/checkpoints/fashion-cnn``,
+``fashion-vit``) were made with it. How, run by run, with every command and the runs not shipped (their
+configs: ``benchmarks/fashion_training/unshipped/``), is in benchmarks/RESULTS.md, "How the shipped Fashion
+models were trained".
 
 Trains on one- and two-item training scenes (soft targets), keeps the epoch with the best validation
 accuracy, and writes model.safetensors + config.json with the test accuracies: top-1 on one-item test
 scenes and both classes in the top 2 on two-item test scenes. Each epoch is checkpointed under
 ``OUT.work``; the same command resumes. ``--evaluate checkpoints/fashion-cnn`` measures a saved model again.
+
+    python benchmarks/fashion_training/train_fashion_models.py --arch cnn-2-blocks --epochs 40 --train-size 24000 --lr 2e-3 --out outputs/fashion-cnn
+    python benchmarks/fashion_training/train_fashion_models.py --evaluate captum_ltx/checkpoints/fashion-cnn
 """
 
 from __future__ import annotations
@@ -439,7 +360,7 @@ def main() -> None:
     model = load_timm_model(os.path.join(work, "best"))
     test = accuracies(model, args.seed, args.eval_size, root=args.data_root)
     recorded = {k: v for k, v in vars(args).items() if v is not None and v is not False and not k.startswith("evaluate") and k not in ("data_root", "misses")}
-    command = "python benchmarks/train_fashion_models.py " + " ".join(
+    command = "python benchmarks/fashion_training/train_fashion_models.py " + " ".join(
         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in recorded.items())
     provenance = {"initialised_from": initialised_from} if initialised_from else {}
     if distilled_from:
