@@ -325,3 +325,38 @@ def test_every_registry_refuses_a_taken_name_and_lists_the_known_ones():
             registry.add(taken, registry.get(taken))
         with pytest.raises(ValueError, match=f"unknown {registry.kind} 'nope'; available: .*{taken}"):
             registry.get("nope")
+
+
+class TwoStages(torch.nn.Module):
+    """Penultimate stage ``a``, last stage ``b``, a head whose gradient depends on ``b``'s output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(3, 2, 1)
+        self.b = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.Tanh())
+        self.fc = torch.nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.fc((self.b(self.a(x)) ** 2).mean(dim=(2, 3)))
+
+
+def test_iia3_is_its_formula_point_by_point():
+    torch.manual_seed(0)
+    model = TwoStages().eval()
+    x, target, n = torch.randn(1, 3, 4, 4), 2, 3
+    ours = IIA(model, variant=3, n_steps=n, layers=("a", "b"), normalize=False).attribute(x, target=target)
+    alpha = [k / n for k in range(n + 1)]
+    with torch.no_grad():
+        u = [model.a(a * x) for a in alpha]  # the input path from the zero baseline
+    r = torch.stack(u).amin(dim=0)
+    expected = torch.zeros(4, 4)
+    for j in alpha:
+        with torch.no_grad():
+            t = [model.b(r + j * (uk - r)) for uk in u]
+        s = torch.stack(t).amin(dim=0)
+        for tk in t:
+            for l in alpha:
+                z = (s + l * (tk - s)).requires_grad_(True)
+                (g,) = torch.autograd.grad(model.fc((z**2).mean(dim=(2, 3)))[0, target], z)
+                expected += (g * z.detach().clamp_min(0)).clamp_min(0)[0].sum(dim=0)
+    torch.testing.assert_close(ours[0, 0], expected, rtol=1e-4, atol=1e-6)
