@@ -367,10 +367,8 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
         print(open(summary).read())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="captum-ltx", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _explain_parser(commands: Any) -> None:
+    """The ``explain`` subcommand's arguments."""
     p = commands.add_parser(
         "explain", help="explain image files with several methods; writes a comparison figure"
     )
@@ -400,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default="explanations.png", help="figure to write (a folder with --per-image)"
     )
 
+
+def _pretrain_parser(commands: Any) -> None:
+    """The ``pretrain`` subcommand's arguments."""
     p = commands.add_parser("pretrain", help="pretrain an LTX explainer; resumable (same command)")
     _add_model(p)
     p.add_argument(
@@ -505,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="checkpoint folder to write (safetensors + JSON)")
 
+
+def _benchmark_parser(commands: Any) -> None:
+    """The ``benchmark`` subcommand's arguments."""
     p = commands.add_parser(
         "benchmark", help="run methods x metrics on a track; resumable (same command)"
     )
@@ -547,6 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--sanity-limit", type=int, default=None, help="sanity checks on the first N images only"
     )
     p.add_argument("--restart", action="store_true", help="discard earlier results in --out")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captum-ltx", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _explain_parser(commands)
+    _pretrain_parser(commands)
+    _benchmark_parser(commands)
     return parser
 
 
