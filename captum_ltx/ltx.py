@@ -163,21 +163,7 @@ class LTXAttribution(MapAttribution):
         self.autocast = autocast
         self._explainer_options = dict(explainer_options or {})
 
-        if explainer is None:
-            if not isinstance(forward_func, nn.Module):
-                raise TypeError(
-                    "`explainer` must be given when `forward_func` is not an nn.Module to copy a backbone from"
-                )
-            self.explainer: Explainer | None = None
-        elif isinstance(explainer, Explainer):
-            self.explainer = explainer
-        elif isinstance(explainer, (str, os.PathLike)):
-            model = forward_func if isinstance(forward_func, nn.Module) else None
-            self.explainer = Explainer.from_pretrained(explainer, model, transfer=transfer)
-        else:
-            raise TypeError(
-                f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}"
-            )
+        self.explainer = _pretrained_explainer(forward_func, explainer, transfer)
         # A checkpoint may carry the finetuning settings chosen with it; explicit arguments win.
         chosen = self.explainer.finetuning if self.explainer is not None else FinetuningCfg()
         self._rates = (lr, backbone_lr)
@@ -203,23 +189,8 @@ class LTXAttribution(MapAttribution):
             "finetune_steps",
             allow_zero=True,
         )
-        if objective is not None and not isinstance(objective, (LTXObjective, dict)):
-            raise TypeError(
-                f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}"
-            )
-        # "mask_weight" alone was written before the objective was recorded whole
-        legacy = {"mask_weight": chosen.mask_weight} if chosen.mask_weight is not None else {}
-        if chosen.objective is not None:
-            recorded = {**legacy, **chosen.objective}
-        elif self.explainer is not None and self.explainer.config.get("training"):
-            recorded = legacy  # pretrained before objectives were recorded: the reference's, as it was made with
-        else:  # a fresh head
-            recorded = {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), **legacy}
-        if isinstance(objective, LTXObjective):
-            objective = objective.to_config()
-        base = {**recorded, **objective} if objective is not None else recorded
-        self.objective = LTXObjective.from_config(
-            base, mask_weight=mask_weight, counterfactual=counterfactual
+        self.objective = _finetuning_objective(
+            self.explainer, chosen, objective, mask_weight, counterfactual
         )
 
         if normalization is not None:
@@ -457,6 +428,53 @@ class LTXAttribution(MapAttribution):
         )
         assert isinstance(auc, Tensor)  # no curves asked for
         return auc
+
+
+def _pretrained_explainer(
+    forward_func: Callable[..., Tensor], explainer: Any, transfer: bool
+) -> Explainer | None:
+    """The explainer LTX starts from: given, loaded (a path or a shipped name), or ``None`` for a fresh
+    head made at the first call from a copy of ``forward_func``'s backbone."""
+    if explainer is None:
+        if not isinstance(forward_func, nn.Module):
+            raise TypeError(
+                "`explainer` must be given when `forward_func` is not an nn.Module to copy a backbone from"
+            )
+        return None
+    if isinstance(explainer, Explainer):
+        return explainer
+    if isinstance(explainer, (str, os.PathLike)):
+        model = forward_func if isinstance(forward_func, nn.Module) else None
+        return Explainer.from_pretrained(explainer, model, transfer=transfer)
+    raise TypeError(
+        f"`explainer` must be an Explainer, a checkpoint path or name, or None, got {type(explainer).__name__}"
+    )
+
+
+def _finetuning_objective(
+    explainer: Explainer | None,
+    chosen: FinetuningCfg,
+    objective: LTXObjective | dict[str, Any] | None,
+    mask_weight: float | None,
+    counterfactual: bool | None,
+) -> LTXObjective:
+    """The objective given, over the one the checkpoint records (else the one it was made with)."""
+    if objective is not None and not isinstance(objective, (LTXObjective, dict)):
+        raise TypeError(
+            f"`objective` must be an LTXObjective, a dict of its settings or None, got {type(objective).__name__}"
+        )
+    # "mask_weight" alone was written before the objective was recorded whole
+    legacy = {"mask_weight": chosen.mask_weight} if chosen.mask_weight is not None else {}
+    if chosen.objective is not None:
+        recorded = {**legacy, **chosen.objective}
+    elif explainer is not None and explainer.config.get("training"):
+        recorded = legacy  # pretrained before objectives were recorded: the reference's, as it was made with
+    else:  # a fresh head
+        recorded = {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), **legacy}
+    if isinstance(objective, LTXObjective):
+        objective = objective.to_config()
+    base = {**recorded, **objective} if objective is not None else recorded
+    return LTXObjective.from_config(base, mask_weight=mask_weight, counterfactual=counterfactual)
 
 
 def _default_batch_size(x: Tensor, finetune: str) -> int:
