@@ -319,7 +319,7 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         patience=args.finetune_patience,
         objective=objective,
     )
-    explainer.config["command"] = shlex.join(["captum-ltx", "pretrain"] + argv)
+    explainer.record(command=shlex.join(["captum-ltx", "pretrain"] + argv))
     explainer.save(args.out)
     print(f"wrote {args.out}")
 

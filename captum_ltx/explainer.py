@@ -558,6 +558,32 @@ class Explainer(nn.Module):
     # -- checkpoints --------------------------------------------------------------------------------
 
     @property
+    def input_size(self) -> tuple[int, ...]:
+        """(channels, height, width) of the images the explainer was made for."""
+        return tuple(self.config["input_size"])
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the explainer was pretrained (its config records the training)."""
+        return bool(self.config.get("training"))
+
+    @property
+    def fresh_head_channels(self) -> int | None:
+        """For a head never pretrained that starts at its prior, the channels it reads; else ``None``."""
+        if self.pretrained or self.config.get("mask_prior") is None:
+            return None
+        return int(self.config["features"]["channels"])
+
+    def record(self, **facts: Any) -> None:
+        """Records facts about how the checkpoint was made (``training``, ``command``) in its config."""
+        unknown = sorted(set(facts) - {"training", "command"})
+        if unknown:
+            raise ValueError(
+                f"unknown checkpoint records {unknown}; expected 'training' or 'command'"
+            )
+        self.config.update(facts)
+
+    @property
     def finetuning(self) -> FinetuningCfg:
         """The per-image finetuning recorded with this explainer (``LTX`` uses it unless told otherwise)."""
         return FinetuningCfg.from_config(self.config.get("finetuning", {}))

@@ -215,7 +215,7 @@ class LTXAttribution(MapAttribution):
             else check_positive_int(finetune_steps, "finetune_steps", allow_zero=True)
         )
         if self.explainer is not None:
-            check_images(x, channels=self.explainer.config["input_size"][0])
+            check_images(x, channels=self.explainer.input_size[0])
         objective = (
             self.objective
             if baselines is None
@@ -288,12 +288,9 @@ class LTXAttribution(MapAttribution):
         """
         lr, backbone_lr = self._rates
         chosen = explainer.finetuning
-        fresh = (
-            not explainer.config.get("training") and explainer.config.get("mask_prior") is not None
-        )
-        default = (
-            FRESH_HEAD_STEP / explainer.config["features"]["channels"] if fresh else DEFAULT_LR
-        )
+        channels = explainer.fresh_head_channels
+        fresh = channels is not None
+        default = FRESH_HEAD_STEP / channels if channels is not None else DEFAULT_LR
         recorded_lr = chosen.lr if chosen.lr is not None else default
         self.lr = float(lr if lr is not None else recorded_lr)
         default_backbone = (
@@ -467,7 +464,7 @@ def _finetuning_objective(
     legacy = {"mask_weight": chosen.mask_weight} if chosen.mask_weight is not None else {}
     if chosen.objective is not None:
         recorded = {**legacy, **chosen.objective}
-    elif explainer is not None and explainer.config.get("training"):
+    elif explainer is not None and explainer.pretrained:
         recorded = legacy  # pretrained before objectives were recorded: the reference's, as it was made with
     else:  # a fresh head
         recorded = {**DEFAULT_FINETUNING_OBJECTIVE.to_config(), **legacy}

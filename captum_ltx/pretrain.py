@@ -611,7 +611,7 @@ def _snapshot(run: _Run, images: int) -> None:
     if run.rank == 0:
         explainer = copy.deepcopy(run.explainer).cpu()
         explainer.zero_grad(set_to_none=True)
-        explainer.config["training"] = dict(run.settings, images=images, distinct_targets=distinct)
+        explainer.record(training=dict(run.settings, images=images, distinct_targets=distinct))
         _record_finetuning_objective(explainer, run.objective)
         # `snapshots` need a `checkpoint_dir`: pretrain() checks
         explainer.save(os.path.join(cast(str, run.ckpt), "snapshots", str(images)))
@@ -687,11 +687,13 @@ def _finished(run: _Run) -> Explainer:
     run.optimizer.zero_grad(set_to_none=True)
     # the first epoch sets the best state (or a resumed run loads it)
     explainer.load_state_dict(cast(dict[str, Tensor], run.best_state))
-    explainer.config["training"] = dict(
-        run.settings,
-        best_epoch=state["best_epoch"],
-        best_val_pos_auc=state["best_val_pos_auc"],
-        history=state["history"],
+    explainer.record(
+        training=dict(
+            run.settings,
+            best_epoch=state["best_epoch"],
+            best_val_pos_auc=state["best_val_pos_auc"],
+            history=state["history"],
+        )
     )
     _record_finetuning_objective(explainer, run.objective)
     return explainer.cpu().eval()
