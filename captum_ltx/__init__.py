@@ -12,6 +12,7 @@ from .objective import LTXObjective, masked_input
 from .pretrain import PretrainingCfg, pretrain
 from .random_map import RandomMap
 from .rollout import AttentionRollout, GradientAttentionRollout
+from .sobol import Sobol
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "AttentionRollout",
     "GradientAttentionRollout",
     "RandomMap",
+    "Sobol",
     "methods",
     "to_map",
     "__version__",

@@ -167,6 +167,13 @@ def _iia3(model: Any, **options: Any) -> Attribution:
     return IIA(model, variant=3, **options)
 
 
+@register("sobol", BOTH, "Sobol attribution: total-order Sobol indices of a low-resolution mask")
+def _sobol(model: Any, **options: Any) -> Attribution:
+    from .sobol import Sobol
+
+    return Sobol(model, **options)
+
+
 @register("dix", BOTH, "Deep Integrated Explanations")
 def _dix(model: Any, **options: Any) -> Attribution:
     from .dix import DIX

@@ -8,7 +8,7 @@ from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
 from captum_ltx._vit import output_row_map, rollout
 from conftest import NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
-FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}}
+FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}, "sobol": {"grid_size": 4, "n_designs": 8}}
 FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
 
 
@@ -360,3 +360,44 @@ def test_iia3_is_its_formula_point_by_point():
                 (g,) = torch.autograd.grad(model.fc((z**2).mean(dim=(2, 3)))[0, target], z)
                 expected += (g * z.detach().clamp_min(0)).clamp_min(0)[0].sum(dim=0)
     torch.testing.assert_close(ours[0, 0], expected, rtol=1e-4, atol=1e-6)
+
+
+class CellSum(torch.nn.Module):
+    """Logit 0 is ``sum_c w_c * mean_channels(x_c)`` over the pixels c of a 4 x 4 image; logit 1 is 0."""
+
+    def __init__(self, weights):
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, x):
+        score = (x.mean(dim=1) * self.weights).flatten(1).sum(dim=1)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
+def test_sobol_recovers_the_total_indices_of_an_additive_model():
+    from captum_ltx import Sobol
+
+    # four levels of weight, four cells each: the total index of a cell of an additive model of
+    # independent uniform masks is w_c^2 / sum w^2 (0, 1/56, 4/56, 9/56)
+    weights = torch.tensor([0.0, 1.0, 2.0, 3.0]).repeat(4)[torch.randperm(16, generator=torch.Generator().manual_seed(0))].view(4, 4)
+    model = CellSum(weights.double())
+    x = torch.ones(1, 3, 4, 4, dtype=torch.float64)
+    sobol = Sobol(model, grid_size=4, n_designs=256, normalize=False)
+    assert sobol.forward_passes == 256 * (16 + 2)
+    indices = sobol.attribute(x, target=0)[0, 0]
+    truth = weights.double() ** 2 / (weights.double() ** 2).sum()
+    torch.testing.assert_close(indices, truth, atol=0.005, rtol=0.05)  # 0.0036 at most (1024 designs: 0.0003)
+    means = [float(indices[weights == w].mean()) for w in (0.0, 1.0, 2.0, 3.0)]
+    assert means == sorted(means) and means[0] < 1e-9  # a cell the model ignores explains nothing
+    torch.testing.assert_close(sobol.attribute(x, target=0), indices[None, None].expand(1, 3, 4, 4))  # deterministic
+
+
+def test_sobol_options_are_checked():
+    from captum_ltx import Sobol
+
+    with pytest.raises(ValueError, match="`n_designs` must be a power of two"):
+        Sobol(tiny_cnn(), n_designs=48)
+    with pytest.raises(ValueError, match="`grid_size` must be an int >= 1"):
+        Sobol(tiny_cnn(), grid_size=0)
+    scrambled = [Sobol(tiny_cnn(), grid_size=2, n_designs=4, scramble=True, seed=s).masks for s in (1, 1, 2)]
+    assert torch.equal(scrambled[0], scrambled[1]) and not torch.equal(scrambled[0], scrambled[2])
