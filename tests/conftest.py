@@ -33,6 +33,19 @@ class PlainCNN(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+class WeightedPixels(nn.Module):
+    """Logit 0 is ``sum_pixels weights * mean_channels(x)``, logit 1 is 0: what removing a set of
+    pixels (to 0) does to it is known exactly."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, x):
+        score = (x.mean(dim=1) * self.weights).flatten(1).sum(dim=1)
+        return torch.stack([score, torch.zeros_like(score)], dim=1)
+
+
 def plain_cnn() -> nn.Module:
     torch.manual_seed(0)
     return PlainCNN().eval()

@@ -6,7 +6,7 @@ from captum.attr import NoiseTunnel
 
 from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
 from captum_ltx._vit import output_row_map, rollout
-from conftest import NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
+from conftest import NUM_CLASSES, WeightedPixels, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}, "sobol": {"grid_size": 4, "n_designs": 8}}
 FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
@@ -362,25 +362,13 @@ def test_iia3_is_its_formula_point_by_point():
     torch.testing.assert_close(ours[0, 0], expected, rtol=1e-4, atol=1e-6)
 
 
-class CellSum(torch.nn.Module):
-    """Logit 0 is ``sum_c w_c * mean_channels(x_c)`` over the pixels c of a 4 x 4 image; logit 1 is 0."""
-
-    def __init__(self, weights):
-        super().__init__()
-        self.weights = weights
-
-    def forward(self, x):
-        score = (x.mean(dim=1) * self.weights).flatten(1).sum(dim=1)
-        return torch.stack([score, torch.zeros_like(score)], dim=1)
-
-
 def test_sobol_recovers_the_total_indices_of_an_additive_model():
     from captum_ltx import Sobol
 
     # four levels of weight, four cells each: the total index of a cell of an additive model of
     # independent uniform masks is w_c^2 / sum w^2 (0, 1/56, 4/56, 9/56)
     weights = torch.tensor([0.0, 1.0, 2.0, 3.0]).repeat(4)[torch.randperm(16, generator=torch.Generator().manual_seed(0))].view(4, 4)
-    model = CellSum(weights.double())
+    model = WeightedPixels(weights.double())
     x = torch.ones(1, 3, 4, 4, dtype=torch.float64)
     sobol = Sobol(model, grid_size=4, n_designs=256, normalize=False)
     assert sobol.forward_passes == 256 * (16 + 2)

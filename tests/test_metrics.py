@@ -18,7 +18,7 @@ from captum_ltx.metrics import (
     perturbation_auc,
     spearman,
 )
-from conftest import tiny_cnn
+from conftest import WeightedPixels, tiny_cnn
 
 SIZE = 4  # 16 pixels
 
@@ -133,3 +133,24 @@ def test_spearman_by_hand():
     a = torch.tensor([[[1.0, 2.0, 3.0, 4.0]]])
     assert spearman(a, a).item() == pytest.approx(1.0)
     assert spearman(a, -a).item() == pytest.approx(-1.0)
+
+
+def test_mufidelity_on_maps_whose_answer_is_known():
+    from captum_ltx.metrics import mufidelity
+
+    g = torch.Generator().manual_seed(0)
+    weights = torch.rand(18, 18, generator=g) * 0.02
+    model = WeightedPixels(weights).eval()  # small weights: the probability is nearly linear
+    x = torch.rand(2, 3, 18, 18, generator=g)
+    contribution = weights * x.mean(dim=1)  # what removing each pixel (to 0) takes from the logit
+    kwargs = {"baseline": 0.0, "grid_size": 6, "n_samples": 100}
+    truthful = mufidelity(model, x, contribution, 0, **kwargs)
+    assert (truthful > 0.99).all(), truthful
+    assert (mufidelity(model, x, -contribution, 0, **kwargs) < -0.99).all()
+    assert torch.equal(mufidelity(model, x, torch.ones(2, 18, 18), 0, **kwargs), torch.zeros(2))  # a flat map
+    noise = mufidelity(model, x, torch.rand(2, 18, 18, generator=g), 0, **kwargs)
+    assert (noise.abs() < truthful).all() and (noise.abs() < 0.5).all()
+    alone = mufidelity(model, x[1:], contribution[1:], 0, **kwargs)
+    torch.testing.assert_close(alone, truthful[1:])  # the same subsets whatever the batch
+    with pytest.raises(ValueError, match="`subset_fraction` must be in"):
+        mufidelity(model, x, contribution, 0, subset_fraction=1.5)

@@ -7,6 +7,7 @@ from .perturbation import (
     curve_auc,
     deletion_insertion,
     gaussian_blur,
+    mufidelity,
     perturbation_auc,
     perturbation_curves,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "deletion_insertion",
     "gaussian_blur",
     "localisation",
+    "mufidelity",
     "parameter_randomisation",
     "perturbation_auc",
     "perturbation_curves",
