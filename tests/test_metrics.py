@@ -154,3 +154,28 @@ def test_mufidelity_on_maps_whose_answer_is_known():
     torch.testing.assert_close(alone, truthful[1:])  # the same subsets whatever the batch
     with pytest.raises(ValueError, match="`subset_fraction` must be in"):
         mufidelity(model, x, contribution, 0, subset_fraction=1.5)
+
+
+def test_mege_and_reco_on_explanations_whose_stability_is_known():
+    from captum_ltx.metrics import mege_reco
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.rand(6, 8, 8, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    agree = labels.repeat(3, 1)
+    # three models that agree on every image and explain it identically: perfectly stable
+    same = mege_reco(base.repeat(3, 1, 1, 1), agree, labels)
+    assert same["mege"] == pytest.approx(1.0, abs=1e-3) and same["reco"] == 0.0  # float32 ranks; nothing to tell apart
+    # model 2 is wrong on images 3-5 and explains them with unrelated maps; the others agree
+    maps = base.repeat(3, 1, 1, 1)
+    maps[2, 3:] = torch.rand(3, 8, 8, generator=g)
+    predictions = agree.clone()
+    predictions[2, 3:] = (labels[3:] + 1) % 3
+    mixed = mege_reco(maps, predictions, labels)
+    assert mixed["mege"] == pytest.approx(1.0, abs=1e-3)  # agreeing pairs still explain alike
+    assert mixed["reco"] == pytest.approx(1.0)  # a threshold separates agreeing from disagreeing pairs
+    # when agreeing models explain differently, MeGe falls below 1 and ReCo below 1
+    noisy = torch.rand(3, 6, 8, 8, generator=g)
+    assert mege_reco(noisy, predictions, labels)["mege"] < 0.7
+    with pytest.raises(ValueError, match="must agree"):
+        mege_reco(maps, predictions, labels[:4])

@@ -12,6 +12,7 @@ from .perturbation import (
     perturbation_curves,
 )
 from .sanity import class_sensitivity, parameter_randomisation, randomized_copy, spearman
+from .stability import mege_reco
 
 __all__ = [
     "PERTURBATION_FRACTIONS",
@@ -21,6 +22,7 @@ __all__ = [
     "deletion_insertion",
     "gaussian_blur",
     "localisation",
+    "mege_reco",
     "mufidelity",
     "parameter_randomisation",
     "perturbation_auc",
