@@ -7,7 +7,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ._cnn import StageRunner, cnn_stages, resolve_layer
+from ._cnn import cnn_stages, resolve_layer
 from ._validation import check_positive_int
 
 
@@ -20,7 +20,7 @@ class LayerPair:
     """
 
     def __init__(self, model: nn.Module, family: str, layers: Any) -> None:
-        self.model, self.family, self.layers = model, family, layers
+        self.model, self.layers = model, layers
         if layers is None:
             return
         if not isinstance(layers, (tuple, list)) or len(layers) != 2:
@@ -58,7 +58,3 @@ def steps(n_steps: Any, default: int) -> int:
 def alphas(n: int, like: Tensor) -> Tensor:
     """The n + 1 points 0, 1/n, ..., 1 of a path, endpoints included, as in the reference code."""
     return torch.linspace(0, 1, n + 1, device=like.device, dtype=like.dtype)
-
-
-def runner(model: nn.Module, x: Tensor, args: tuple[Any, ...]) -> StageRunner:
-    return StageRunner(model, x, args)

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import MapAttribution
-from ._cnn import gradients_at
-from ._integrated import LayerPair, alphas, runner, steps
+from ._cnn import StageRunner, gradients_at
+from ._integrated import LayerPair, alphas, steps
 from ._maps import spatial_size
 from ._vit import attention_relevance, clean_attention, output_row_map, rollout
 
@@ -65,7 +65,7 @@ class DIX(MapAttribution):
         return self._vit(x, target, args) if self.family == "vit" else self._cnn(x, target, args)
 
     def _cnn(self, x: Tensor, target: Tensor, args: tuple[Any, ...]) -> Tensor:
-        run, n = runner(self.forward_func, x, args), self.n_steps
+        run, n = StageRunner(self.forward_func, x, args), self.n_steps
         previous, last = self.layers.cnn(x, args)
         a = alphas(n, x).view(-1, 1, 1, 1)
         with torch.no_grad():

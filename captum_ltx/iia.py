@@ -8,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ._base import MapAttribution
-from ._cnn import gradients_at, stage_outputs
-from ._integrated import LayerPair, alphas, runner, steps
+from ._cnn import StageRunner, gradients_at, stage_outputs
+from ._integrated import LayerPair, alphas, steps
 from ._maps import spatial_size
 from ._validation import repeat_rows
 from ._vit import attention_relevance, clean_attention, output_row_map, rollout
@@ -82,7 +82,11 @@ class IIA(MapAttribution):
     def _cnn(
         self, x: Tensor, path: Tensor, a: Tensor, target: Tensor, args: tuple[Any, ...]
     ) -> Tensor:
-        run, chunk, points = runner(self.forward_func, x, args), self.internal_batch_size, a.numel()
+        run, chunk, points = (
+            StageRunner(self.forward_func, x, args),
+            self.internal_batch_size,
+            a.numel(),
+        )
         previous, last = self.layers.cnn(x, args)
         with torch.no_grad():
             _, outputs = run.capture(path, [previous, last], repeat_rows(args, points, 1))
