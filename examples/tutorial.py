@@ -60,14 +60,14 @@ def your_image_folder(work: str) -> str:
 
 
 def _example_photos() -> list:
+    """The demo's six photos and three more from the scikit-image wheel."""
     from PIL import Image
     from skimage import data
-    from sklearn.datasets import load_sample_image
 
-    arrays = {"chelsea": data.chelsea(), "coffee": data.coffee(), "rocket": data.rocket(), "astronaut": data.astronaut(),
-              "china": load_sample_image("china.jpg"), "flower": load_sample_image("flower.jpg"),
-              "motorcycle_left": data.stereo_motorcycle()[0], "motorcycle_right": data.stereo_motorcycle()[1],
-              "camera": data.camera()}
+    from demo import sample_photos  # examples/demo.py: a script's own folder is on sys.path
+
+    left, right, _disparity = data.stereo_motorcycle()
+    arrays = {**sample_photos(), "motorcycle_left": left, "motorcycle_right": right, "camera": data.camera()}
     return [(name, Image.fromarray(a), None, None) for name, a in arrays.items()]
 
 
