@@ -34,7 +34,7 @@ def test_harness_end_to_end(make, tmp_path):
     by_image = {}
     for r in records:  # every method explains the same image for the same target
         by_image.setdefault(r["image"], set()).add(r["target"])
-        assert {"pos_auc", "neg_auc", "del_auc", "ins_auc", "rise_deletion", "rise_insertion", "adp", "pic", "miou", "map",
+        assert {"pos_auc", "neg_auc", "del_auc", "ins_auc", "rise_deletion", "rise_insertion", "adp", "pic", "mufidelity", "miou", "map",
                 "pointing_game", "mass_inside", "pixel_accuracy", "randomisation", "class_sensitivity", "seconds"} <= set(r["metrics"])
         assert len(r["curves"]["pos_auc"]) == 10 and len(r["curves"]["rise_insertion"]) == 5
     assert all(len(t) == 1 for t in by_image.values())
@@ -79,3 +79,26 @@ def test_methods_can_be_added_to_a_finished_run_but_not_changed(tmp_path):
     assert "| random |" in (tmp_path / "summary.md").read_text() and "| saliency |" in (tmp_path / "summary.md").read_text()
     with pytest.raises(ValueError, match="random with other options"):
         run_benchmark(model, samples(2), {"random": {"seed": 3}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+
+
+def test_a_resumed_run_adds_metrics_its_records_lack(tmp_path):
+    model = tiny_cnn()
+    run_benchmark(model, samples(2), {"saliency": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    complete = lines(tmp_path)
+    older = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "mufidelity"}} for r in complete]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in older))
+    run_benchmark(model, samples(2), {"saliency": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    assert lines(tmp_path) == complete  # the same records, in the same order, seconds kept
+    assert "mufidelity ↑" in (tmp_path / "summary.md").read_text()
+
+
+def test_adding_a_metric_refuses_a_method_whose_maps_changed(tmp_path):
+    model = tiny_cnn()
+    run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    records = lines(tmp_path)
+    for r in records:
+        del r["metrics"]["mufidelity"]
+        r["metrics"]["adp"] += 5.0  # as if recorded from another map
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match="'random' no longer gives the map recorded for 'img0'"):
+        run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)

@@ -9,8 +9,11 @@ merges them into the ``results.jsonl`` and ``summary.md`` one process would have
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,6 +28,7 @@ from ..metrics import (
     curve_auc,
     deletion_insertion,
     localisation,
+    mufidelity,
     perturbation_curves,
     randomized_copy,
     spearman,
@@ -45,12 +49,26 @@ def _shard_files(out_dir: str) -> list[str]:
     )
 
 
+def _recorded(out_dir: str, world: int) -> list[dict[str, Any]]:
+    """Records written so far, by this run and by the ranks of an interrupted ``torchrun``."""
+    names = [RESULTS] if world == 1 else [RESULTS, *map(os.path.basename, _shard_files(out_dir))]
+    return [r for n in names for r in read_records(os.path.join(out_dir, n), missing_ok=True)]
+
+
+def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """The last record of each (image, method), in the order of each pair's first record: a record
+    completed with new metrics replaces the one it completes."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        latest[r["image"], r["method"]] = r
+    return latest
+
+
 def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> None:
     """Appends the ranks' records to ``results.jsonl`` in the order one process writes them (image by
-    image, methods in the plan's order), so that a sharded run's files equal a single process's."""
+    image, methods in the plan's order), so that a sharded run's files equal a single process's,
+    and keeps one record per (image, method)."""
     shards = _shard_files(out_dir)
-    if not shards:
-        return
     position = {s.id: i for i, s in enumerate(samples)}
     rank = {m: i for i, m in enumerate(plan)}
     new = sorted(
@@ -58,8 +76,12 @@ def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> 
         key=lambda r: (position[r["image"]], rank[r["method"]]),
     )
     results = os.path.join(out_dir, RESULTS)
+    records = read_records(results, missing_ok=True) + new
+    latest = _latest(records)
+    if len(latest) == len(records) and not shards:
+        return
     with open(results + ".tmp", "w") as f:
-        for record in read_records(results, missing_ok=True) + new:
+        for record in latest.values():
             f.write(json.dumps(record) + "\n")
     os.replace(results + ".tmp", results)
     for path in shards:
@@ -120,7 +142,9 @@ def run_benchmark(
     Every method sees the same images and targets (the sample's label, else the model's prediction).
     For each pair it records the seconds the explanation took and every metric of
     :data:`METRICS` that applies (localisation needs a mask; ``sanity`` adds the randomisation and
-    class-sensitivity checks, which explain each image twice more).
+    class-sensitivity checks, which explain each image twice more). Resuming a run whose records
+    lack a metric added to the harness since explains those images again and adds the metric, after
+    checking that the map is the one recorded.
 
     Args:
         model (nn.Module): the explained classifier.
@@ -152,60 +176,25 @@ def run_benchmark(
     rank, world = rank_and_world()
     _check_config(out_dir, config, resume, write=rank == 0)
     barrier()
-    shards = [RESULTS] if world == 1 else [RESULTS, *map(os.path.basename, _shard_files(out_dir))]
-    done = {
-        (r["image"], r["method"])
-        for name in shards
-        for r in read_records(os.path.join(out_dir, name), missing_ok=True)
-    }
+    run = _Run(model, samples, plan, rise_steps, batch_size)
+    checked = {s.id for s in samples[:sanity_limit]} if sanity else set()
+    recorded = _latest(_recorded(out_dir, world))
+    todo = [
+        (s, m, recorded.get((s.id, m)))
+        for s in samples[rank::world]
+        for m in plan
+        if (s.id, m) not in recorded or _missing(recorded[s.id, m], s)
+    ]
     # under torchrun each process explains every world-th image and writes its own file
     results_path = os.path.join(out_dir, RESULTS if world == 1 else f"results.rank{rank}.jsonl")
-    todo = [(s, m) for s in samples[rank::world] for m in plan if (s.id, m) not in done]
-    device = next(model.parameters()).device
-    built: dict[tuple[str, bool], Any] = {}
-    randomized = None
-
-    def method(label: str, scrambled: bool) -> Any:
-        nonlocal randomized
-        if (label, scrambled) not in built:
-            target_model = model
-            if scrambled:
-                if randomized is None:
-                    randomized = randomized_copy(model, samples[0].image[None].to(device))
-                target_model = randomized
-            built[label, scrambled] = registry.create(
-                registry.split_label(label)[1], target_model, **plan[label]
-            )
-        return built[label, scrambled]
-
-    checked = {s.id for s in samples[:sanity_limit]} if sanity else set()
     with open(results_path, "a") as out, eval_mode(model):
-        for sample, label in tqdm(
+        for sample, label, earlier in tqdm(
             todo, desc=f"benchmark {model_name} / {track}", disable=not progress
         ):
-            x = sample.image[None].to(device)
-            with torch.no_grad():
-                logits = model(x)
-            ranked = logits[0].argsort(descending=True)
-            target = int(ranked[0]) if sample.target is None else int(sample.target)
-            start = time.perf_counter()
-            attr = method(label, False).attribute(x, target=target)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            record = _score(model, x, attr, target, sample, rise_steps, batch_size)
-            record["metrics"]["seconds"] = seconds
-            if sample.id in checked:
-                other = int(ranked[1]) if int(ranked[0]) == target else int(ranked[0])
-                record["metrics"]["randomisation"] = spearman(
-                    attr, method(label, True).attribute(x, target=target)
-                ).item()
-                record["metrics"]["class_sensitivity"] = spearman(
-                    attr, method(label, False).attribute(x, target=other)
-                ).item()
-            record.update(
-                image=sample.id, method=label, target=target, correct=int(ranked[0]) == target
-            )
+            if earlier is None:
+                record = run.record(sample, label, sanity=sample.id in checked)
+            else:
+                record = run.complete(earlier, sample, label)
             out.write(json.dumps(record) + "\n")
             out.flush()
     barrier()
@@ -216,6 +205,183 @@ def run_benchmark(
     return os.path.join(out_dir, "summary.md") if rank else summary
 
 
+class _Run:
+    """Explains and scores (image, method) pairs of one run; builds each method once."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        samples: list[Sample],
+        plan: dict[str, dict[str, Any]],
+        rise_steps: int,
+        batch_size: int,
+    ) -> None:
+        self.model, self.samples, self.plan = model, samples, plan
+        self.rise_steps, self.batch_size = rise_steps, batch_size
+        self.device = next(model.parameters()).device
+        self.built: dict[tuple[str, bool], Any] = {}
+        self.randomized: nn.Module | None = None
+
+    def method(self, label: str, scrambled: bool = False) -> Any:
+        if (label, scrambled) not in self.built:
+            target_model = self.model
+            if scrambled:
+                if self.randomized is None:
+                    first = self.samples[0].image[None].to(self.device)
+                    self.randomized = randomized_copy(self.model, first)
+                target_model = self.randomized
+            self.built[label, scrambled] = registry.create(
+                registry.split_label(label)[1], target_model, **self.plan[label]
+            )
+        return self.built[label, scrambled]
+
+    def _input(self, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+        x = sample.image[None].to(self.device)
+        with torch.no_grad():
+            ranked = self.model(x)[0].argsort(descending=True)
+        return x, ranked
+
+    def score(
+        self,
+        x: torch.Tensor,
+        attr: torch.Tensor,
+        target: int,
+        sample: Sample,
+        only: Iterable[str] | None = None,
+    ) -> dict[str, Any]:
+        return _score(
+            self.model, x, attr, target, sample, self.rise_steps, self.batch_size, only=only
+        )
+
+    def record(self, sample: Sample, label: str, sanity: bool) -> dict[str, Any]:
+        """Explains ``sample`` with method ``label``, timed, and computes every metric."""
+        x, ranked = self._input(sample)
+        target = int(ranked[0]) if sample.target is None else int(sample.target)
+        start = time.perf_counter()
+        attr = self.method(label).attribute(x, target=target)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        record = self.score(x, attr, target, sample)
+        record["metrics"]["seconds"] = seconds
+        if sanity:
+            other = int(ranked[1]) if int(ranked[0]) == target else int(ranked[0])
+            scrambled = self.method(label, scrambled=True).attribute(x, target=target)
+            record["metrics"]["randomisation"] = spearman(attr, scrambled).item()
+            record["metrics"]["class_sensitivity"] = spearman(
+                attr, self.method(label).attribute(x, target=other)
+            ).item()
+        record.update(
+            image=sample.id, method=label, target=target, correct=int(ranked[0]) == target
+        )
+        return record
+
+    def complete(self, earlier: dict[str, Any], sample: Sample, label: str) -> dict[str, Any]:
+        """``earlier`` with the metrics it lacks, from the same explanation computed again; refuses
+        when the map differs from the recorded one (its ``adp`` and ``pic`` tell)."""
+        x, _ = self._input(sample)
+        attr = self.method(label).attribute(x, target=earlier["target"])
+        check = self.score(x, attr, earlier["target"], sample, only=_CHECKED)["metrics"]
+        for name in _CHECKED:
+            if not math.isclose(check[name], earlier["metrics"][name], rel_tol=1e-3, abs_tol=1e-2):
+                raise ValueError(
+                    f"method {label!r} no longer gives the map recorded for {sample.id!r} "
+                    f"({name} {check[name]:.4g}, recorded {earlier['metrics'][name]:.4g}): its options, "
+                    "checkpoint or code changed since; run it under a new label"
+                )
+        added = self.score(x, attr, earlier["target"], sample, only=_missing(earlier, sample))
+        return {
+            **earlier,
+            "metrics": {**earlier["metrics"], **added["metrics"]},
+            "curves": {**earlier.get("curves", {}), **added["curves"]},
+        }
+
+
+@dataclass
+class _Case:
+    """One explanation to score."""
+
+    model: nn.Module
+    x: torch.Tensor
+    attr: torch.Tensor
+    target: int
+    mask: torch.Tensor | None
+    rise_steps: int
+    batch_size: int
+
+
+Scores = tuple[dict[str, float], dict[str, list[float]]]
+
+
+def _perturbation(c: _Case) -> Scores:
+    metrics: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+    for order, accuracy_name, probability_name in (
+        ("positive", "pos_auc", "del_auc"),
+        ("negative", "neg_auc", "ins_auc"),
+    ):
+        probability, correct = perturbation_curves(
+            c.model, c.x, c.attr, c.target, order=order, batch_size=c.batch_size
+        )
+        for name, curve in ((accuracy_name, correct), (probability_name, probability)):
+            metrics[name], curves[name] = curve_auc(curve)[0].item(), curve[0].tolist()
+    return metrics, curves
+
+
+def _rise(c: _Case) -> Scores:
+    metrics: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+    for mode in ("deletion", "insertion"):
+        auc, curve = deletion_insertion(
+            c.model,
+            c.x,
+            c.attr,
+            c.target,
+            mode=mode,
+            n_steps=c.rise_steps,
+            batch_size=c.batch_size,
+            return_curves=True,
+        )
+        metrics[f"rise_{mode}"], curves[f"rise_{mode}"] = auc.item(), curve[0].tolist()
+    return metrics, curves
+
+
+def _adp_pic(c: _Case) -> Scores:
+    return {k: v.item() for k, v in adp_pic(c.model, c.x, c.attr, c.target).items()}, {}
+
+
+def _mufidelity(c: _Case) -> Scores:
+    score = mufidelity(c.model, c.x, c.attr, c.target, batch_size=c.batch_size)
+    return {"mufidelity": score.item()}, {}
+
+
+def _localisation(c: _Case) -> Scores:
+    assert c.mask is not None
+    return {k: v.item() for k, v in localisation(c.attr, c.mask[None].to(c.x.device)).items()}, {}
+
+
+LOCALISATION = ("pixel_accuracy", "miou", "map", "pointing_game", "mass_inside")
+# metric names -> what computes them; the sanity checks and seconds are recorded with the explanation
+_GROUPS: dict[tuple[str, ...], Callable[[_Case], Scores]] = {
+    ("pos_auc", "neg_auc", "del_auc", "ins_auc"): _perturbation,
+    ("rise_deletion", "rise_insertion"): _rise,
+    ("adp", "pic"): _adp_pic,
+    ("mufidelity",): _mufidelity,
+    LOCALISATION: _localisation,
+}
+# cheap metrics that tell whether an explanation computed again is the one recorded
+_CHECKED = ("adp", "pic")
+
+
+def _applicable(sample: Sample) -> list[tuple[str, ...]]:
+    return [names for names in _GROUPS if sample.mask is not None or names != LOCALISATION]
+
+
+def _missing(record: dict[str, Any], sample: Sample) -> set[str]:
+    """Metric names that apply to ``sample`` but ``record`` lacks (added to the harness since)."""
+    return {n for names in _applicable(sample) for n in names} - set(record["metrics"])
+
+
 def _score(
     model: nn.Module,
     x: torch.Tensor,
@@ -224,35 +390,18 @@ def _score(
     sample: Sample,
     rise_steps: int,
     batch_size: int,
+    only: Iterable[str] | None = None,
 ) -> dict[str, Any]:
+    """Every metric that applies (or only the groups holding a name in ``only``), with curves."""
+    case = _Case(model, x, attr, target, sample.mask, rise_steps, batch_size)
+    wanted = None if only is None else set(only)
     metrics: dict[str, float] = {}
     curves: dict[str, list[float]] = {}
-    for order, accuracy_name, probability_name in (
-        ("positive", "pos_auc", "del_auc"),
-        ("negative", "neg_auc", "ins_auc"),
-    ):
-        probability, correct = perturbation_curves(
-            model, x, attr, target, order=order, batch_size=batch_size
-        )
-        for name, curve in ((accuracy_name, correct), (probability_name, probability)):
-            metrics[name], curves[name] = curve_auc(curve)[0].item(), curve[0].tolist()
-    for mode in ("deletion", "insertion"):
-        auc, curve = deletion_insertion(
-            model,
-            x,
-            attr,
-            target,
-            mode=mode,
-            n_steps=rise_steps,
-            batch_size=batch_size,
-            return_curves=True,
-        )
-        metrics[f"rise_{mode}"], curves[f"rise_{mode}"] = auc.item(), curve[0].tolist()
-    metrics.update({k: v.item() for k, v in adp_pic(model, x, attr, target).items()})
-    if sample.mask is not None:
-        metrics.update(
-            {k: v.item() for k, v in localisation(attr, sample.mask[None].to(x.device)).items()}
-        )
+    for names in _applicable(sample):
+        if wanted is None or wanted & set(names):
+            group_metrics, group_curves = _GROUPS[names](case)
+            metrics.update(group_metrics)
+            curves.update(group_curves)
     return {"metrics": metrics, "curves": curves}
 
 

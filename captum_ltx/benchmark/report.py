@@ -25,6 +25,11 @@ METRICS: dict[str, tuple[bool, str]] = {
     "rise_insertion": (True, "RISE insertion AUC onto a blurred canvas, target probability (0-1)"),
     "adp": (False, "average drop on image x map (%)"),
     "pic": (True, "increase in confidence on image x map (% of images)"),
+    "mufidelity": (
+        True,
+        "MuFidelity: correlation of the map's mass on 200 random fifths of a 9x9 grid with the "
+        "probability drop when they are blacked out (-1 to 1)",
+    ),
     "pixel_accuracy": (True, "map thresholded at its mean vs mask"),
     "miou": (True, "mean IoU of object and background"),
     "map": (True, "mean average precision of object and background"),
