@@ -278,12 +278,12 @@ class _Run:
 
     def complete(self, earlier: dict[str, Any], sample: Sample, label: str) -> dict[str, Any]:
         """``earlier`` with the metrics it lacks, from the same explanation computed again; refuses
-        when the map differs from the recorded one (its ``adp`` and ``pic`` tell)."""
+        when the map differs from the recorded one (as its deletion, insertion, ADP and localisation tell)."""
         x, _ = self._input(sample)
         attr = self.method(label).attribute(x, target=earlier["target"])
         check = self.score(x, attr, earlier["target"], sample, only=_CHECKED)["metrics"]
-        for name in _CHECKED:
-            if not math.isclose(check[name], earlier["metrics"][name], rel_tol=1e-3, abs_tol=1e-2):
+        for name in set(_CHECKED) & set(check):
+            if not math.isclose(check[name], earlier["metrics"][name], rel_tol=1e-4, abs_tol=1e-4):
                 raise ValueError(
                     f"method {label!r} no longer gives the map recorded for {sample.id!r} "
                     f"({name} {check[name]:.4g}, recorded {earlier['metrics'][name]:.4g}): its options, "
@@ -369,8 +369,9 @@ _GROUPS: dict[tuple[str, ...], Callable[[_Case], Scores]] = {
     ("mufidelity",): _mufidelity,
     LOCALISATION: _localisation,
 }
-# cheap metrics that tell whether an explanation computed again is the one recorded
-_CHECKED = ("adp", "pic")
+# cheap metrics of a map's whole ranking (and values, ADP) that tell whether an explanation computed
+# again is the one recorded
+_CHECKED = ("del_auc", "ins_auc", "adp", "map", "mass_inside")
 
 
 def _applicable(sample: Sample) -> list[tuple[str, ...]]:
