@@ -25,6 +25,7 @@ from ._model import (
     eval_mode,
     frozen_parameters,
     normalization_of,
+    num_classes_of,
 )
 from ._validation import check_choice, check_images, check_positive_int
 from .explainer import Explainer
@@ -70,7 +71,12 @@ def _split_batch(batch: Any) -> tuple[Tensor, Tensor | None]:
 
 
 def _targets(
-    model: nn.Module, x: Tensor, labels: Tensor | None, target: str, draw: int = 0
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor | None,
+    target: str,
+    draw: int = 0,
+    num_classes: int | None = None,
 ) -> Tensor:
     if target == "label":
         if labels is None:
@@ -80,6 +86,12 @@ def _targets(
         if (labels < 0).any():  # ImageFolderData.UNLABELLED: a flat folder has no classes
             raise ValueError(
                 "`target='label'` needs labelled data (a folder of class folders); use target='predicted'"
+            )
+        if num_classes is not None and (labels >= num_classes).any():
+            raise ValueError(
+                f"`target='label'`: label {int(labels.max())} is not one of the model's {num_classes} "
+                "classes; labels must be the model's class indices (an ImageFolder's are its folders' "
+                "order), or use target='predicted'"
             )
         return labels.to(x.device).long()
     with torch.no_grad():
@@ -142,6 +154,7 @@ def validation_pos_auc(
     target: str,
     fill: Tensor | None = None,
     device: Any = None,
+    num_classes: int | None = None,
 ) -> float:
     """Mean positive-perturbation AUC (accuracy, lower is better) of the explainer's masks on ``data``."""
     rank, world = rank_and_world()
@@ -156,7 +169,7 @@ def validation_pos_auc(
         for batch in loader:
             x, labels = _split_batch(batch)
             x = x.to(device)
-            t = _targets(model, x, labels, target)
+            t = _targets(model, x, labels, target, num_classes=num_classes)
             aucs = cast(  # without `return_curves`: the AUCs alone
                 Tensor,
                 perturbation_auc(
@@ -186,7 +199,7 @@ class PretrainingCfg:
         warmup (float): the fraction of all steps over which the learning rate rises linearly.
         schedule (str): after the warm-up, ``"linear"`` decays the rate to 0 at the last step (the
             reference's); ``"constant"`` keeps it, so that snapshots along one run are comparable.
-        target (str): ``"label"``, ``"predicted"`` or ``"sampled"`` (see :func:`pretrain`).
+        target (str): ``"predicted"`` (default), ``"label"`` or ``"sampled"`` (see :func:`pretrain`).
         seed (int): seeds the shuffling, the baseline draws and the head's initialisation.
         snapshots (tuple): numbers of training images after which the explainer is also written to
             ``checkpoint_dir/snapshots/<images>/``, for a learning curve from one run.
@@ -201,7 +214,7 @@ class PretrainingCfg:
     weight_decay: float = 0.01
     warmup: float = 0.2
     schedule: str = "linear"
-    target: str = "label"
+    target: str = "predicted"
     seed: int = 0
     snapshots: tuple[int, ...] = ()
     num_workers: int = 0
@@ -263,6 +276,7 @@ class _Run:
     state: dict[str, Any] = dataclasses.field(default_factory=dict)
     best_state: dict[str, Tensor] | None = None
     seen_targets: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    num_classes: int | None = None  # the model's, known once it has run
 
 
 def pretrain(
@@ -305,9 +319,9 @@ def pretrain(
             ``batch_size=``, ``lr=``, ...: any field of :class:`PretrainingCfg`) override its fields.
             ``lr`` defaults to 2e-4, the most the reference's schedule ever reaches (its 2e-3 flag
             never leaves warm-up); at 2e-3 the copied backbone of EfficientNet-Lite0 collapsed to
-            one mask for every image (benchmarks/results/lite0-tuning.md). ``target``: ``"label"``
-            (the data's labels, the reference's "target" checkpoints), ``"predicted"`` (the model's
-            top class) or ``"sampled"`` (a class drawn from the model's softmax, so that a
+            one mask for every image (benchmarks/results/lite0-tuning.md). ``target``: ``"predicted"``
+            (the model's top class; the default), ``"label"`` (the data's labels, which must be the
+            model's class indices: the reference's "target" checkpoints) or ``"sampled"`` (a class drawn from the model's softmax, so that a
             class-conditioned explainer also learns the masks of runners-up).
         objective (LTXObjective, optional): what each step minimises (default:
             ``DEFAULT_PRETRAINING_OBJECTIVE``, the reference's with a black/blur baseline mixture;
@@ -363,6 +377,8 @@ def pretrain(
     if run.ckpt and resume and os.path.isfile(os.path.join(run.ckpt, STATE_NAME)):
         _resume(run)
     with eval_mode(model), frozen_parameters(model):
+        first, _ = _split_batch(train_set[0])
+        run.num_classes = num_classes_of(model, first[None].to(run.device), ())[0]
         for epoch in range(run.state["epoch"], cfg.epochs):
             _end_epoch(run, epoch, _train_epoch(run, epoch))
     return _finished(run)
@@ -569,7 +585,7 @@ def _train_epoch(run: _Run, epoch: int) -> float:
 
 
 def _train_step(run: _Run, x: Tensor, labels: Tensor | None, draw: int) -> float:
-    t = _targets(run.model, x, labels, run.cfg.target, draw=draw)
+    t = _targets(run.model, x, labels, run.cfg.target, draw=draw, num_classes=run.num_classes)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=run.cfg.autocast):
         mask, low_res = run.net(x, target=t, return_low_res=True)
         loss = run.objective(
@@ -637,6 +653,7 @@ def _end_epoch(run: _Run, epoch: int, train_loss: float) -> None:
             batch_size=run.cfg.batch_size,
             fill=run.fill,
             device=run.device,
+            num_classes=run.num_classes,
             target="predicted"
             if run.cfg.target == "sampled"
             else run.cfg.target,  # the same classes every epoch

@@ -8,7 +8,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from captum_ltx import LTX, Explainer, LTXObjective, pretrain
 from captum_ltx.objective import DEFAULT_FINETUNING_OBJECTIVE
-from conftest import IMAGE, assert_unchanged, snapshot, tiny_cnn, tiny_vit
+from conftest import IMAGE, NUM_CLASSES, assert_unchanged, snapshot, tiny_cnn, tiny_vit
 
 SETTINGS = dict(epochs=3, batch_size=4, lr=5e-3, seed=0, progress=False)
 
@@ -79,9 +79,21 @@ def test_pretrain_bad_arguments():
     with pytest.raises(ValueError, match="`target`"):
         pretrain(model, data(), target="gt")
     with pytest.raises(ValueError, match="target='predicted'"):
-        pretrain(model, data().tensors[0], **dict(SETTINGS, epochs=1))
+        pretrain(model, data().tensors[0], target="label", **dict(SETTINGS, epochs=1))
     with pytest.raises(TypeError, match="`train_data`"):
         pretrain(model, 3)
+
+
+def test_the_default_target_is_the_model_prediction_and_labels_must_be_its_classes():
+    model = tiny_cnn()
+    images = data().tensors[0]
+    explainer = pretrain(model, images, **dict(SETTINGS, epochs=1))  # a plain tensor: no labels needed
+    assert explainer.config["training"]["target"] == "predicted"
+    assert explainer.config["training"]["history"][0]["distinct_targets"] >= 1
+    beyond = TensorDataset(images, torch.full((len(images),), NUM_CLASSES + 2))
+    with pytest.raises(ValueError, match=f"`target='label'`: label {NUM_CLASSES + 2} is not one of the model's {NUM_CLASSES} classes"):
+        pretrain(model, beyond, target="label", **dict(SETTINGS, epochs=1))
+    assert pretrain(model, beyond, **dict(SETTINGS, epochs=1)).config["training"]["target"] == "predicted"
 
 
 def test_class_conditioned_explainer_learns_a_mask_per_class(tmp_path):
