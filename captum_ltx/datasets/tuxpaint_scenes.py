@@ -59,7 +59,7 @@ def unlabelled_photo_stamps(root: str | None = None) -> tuple[Stamp, ...]:
     """Photographic stamps without an ImageNet label whose file name shares no word with a val or test
     stamp (so that ``frog-2.png`` never trains an explainer tested on ``frog.png``). Without labels,
     "outside the val and test classes" rests on that name rule; how often the model predicts a val or
-    test class on the scenes is measured (benchmarks/learning_curve.py)."""
+    test class on the scenes is measured (benchmarks/tuning/learning_curve.py)."""
     share = _tuxpaint_dir(root)
     labelled = {s.path for s in read_stamp_labels()}
     held_out_words = set().union(

@@ -1,6 +1,6 @@
 """Chooses the LTX explainer's settings for a model on the validation split, and records every try.
 
-    python benchmarks/tune_explainer.py --model efficientnet_lite0 --out benchmarks/results/lite0-tuning.md
+    python benchmarks/tuning/tune_explainer.py --model efficientnet_lite0 --out benchmarks/results/lite0-tuning.md
 
 Each setting pretrains an explainer (``captum-ltx pretrain``) on training composites, then scores
 pLTX and finetuned LTX on validation composites (``captum-ltx benchmark --split val``); the test split
@@ -227,7 +227,7 @@ def main() -> None:
     lines = [
         f"# LTX explainer settings for {args.model}, chosen on the validation split",
         "",
-        f"Made by: `python benchmarks/tune_explainer.py --model {args.model} --data {args.data} --val-track {args.val_track} "
+        f"Made by: `python benchmarks/tuning/tune_explainer.py --model {args.model} --data {args.data} --val-track {args.val_track} "
         f"--settings {args.settings} --batch-size {args.batch_size} --train-size {args.train_size} --epochs {args.epochs} "
         f"--val-images {args.val_images} --out {args.out}`",
         "",

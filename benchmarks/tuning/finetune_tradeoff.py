@@ -1,6 +1,6 @@
 """LTX's per-image finetuning: quality against cost on validation data, one row per way to make it cheaper.
 
-    python benchmarks/finetune_tradeoff.py --out benchmarks/results/issue21-finetuning-val
+    python benchmarks/tuning/finetune_tradeoff.py --out benchmarks/results/issue21-finetuning-val
 
 For each shipped explainer (EfficientNet-Lite0 on ``imagenet-masks`` val, the Fashion ViT and CNN on
 ``fashion-two`` val; the test splits are never touched) it scores, with ``captum-ltx benchmark
@@ -74,7 +74,7 @@ def record(choices: str) -> None:
         if model not in RUNS or row not in variants(*REFERENCE[model]):
             raise SystemExit(f"`--record` expects model=row with a model of {list(RUNS)} and a row of {list(variants(1, 1.0))}, got {choice!r}")
         checkpoint = RUNS[model][1]
-        config = Explainer.read_config(checkpoint)
+        config = Explainer.read_config(checkpoint).to_json()
         finetuning = {k: v for k, v in config.get("finetuning", {}).items() if k not in RECORDED_KEYS}
         config["finetuning"] = {**finetuning, **{"finetune": "all", "finetune_steps": REFERENCE[model][0]}, **variants(*REFERENCE[model])[row]}
         with open(os.path.join(checkpoint, CONFIG_NAME), "w") as f:
@@ -170,7 +170,7 @@ def main() -> None:
     if args.record:
         record(args.record)
         return
-    command = shlex.join(["python", "benchmarks/finetune_tradeoff.py"] + sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/tuning/finetune_tradeoff.py"] + sys.argv[1:])
     table = []
     for model in args.models.split(","):
         out = run(model, args)

@@ -1,6 +1,6 @@
 """pLTX and LTX quality on ``imagenet-masks`` val against the number of pretraining images, from one run.
 
-    python benchmarks/learning_curve.py --out benchmarks/results/issue20-learning-curve
+    python benchmarks/tuning/learning_curve.py --out benchmarks/results/issue20-learning-curve
 
 1. Pretrains the EfficientNet-Lite0 explainer once on class-diverse training scenes
    (``tuxpaint-scenes``: 1-3 photo stamps, every one outside the val and test classes) at a constant
@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--install", default=None, help="copy the best snapshot to this explainer folder")
     args = parser.parse_args()
     args.sizes = [int(n) for n in args.sizes.split(",")]
-    command = shlex.join(["python", "benchmarks/learning_curve.py"] + sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/tuning/learning_curve.py"] + sys.argv[1:])
     if not os.path.isfile(os.path.join(args.work, "final", "config.json")):
         cli(pretraining_command(args))
     rows = table(args, evaluate(args))
