@@ -6,7 +6,7 @@ from captum.attr import NoiseTunnel
 
 from captum_ltx import DIX, IIA, AttentionRollout, GradCAM, methods, to_map
 from captum_ltx._vit import output_row_map, rollout
-from conftest import NUM_CLASSES, WeightedPixels, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
+from conftest import IMAGE, NUM_CLASSES, WeightedPixels, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 FAST = {"ltx": {"finetune_steps": 2}, "ltx_pos_auc": {"finetune_steps": 2}, "ig": {"n_steps": 8}, "iia": {"n_steps": 3}, "iia3": {"n_steps": 2}, "dix": {"n_steps": 3}, "sobol": {"grid_size": 4, "n_designs": 8}}
 FAMILIES = {"vit": tiny_vit, "cnn": tiny_cnn}
@@ -389,3 +389,48 @@ def test_sobol_options_are_checked():
         Sobol(tiny_cnn(), grid_size=0)
     scrambled = [Sobol(tiny_cnn(), grid_size=2, n_designs=4, scramble=True, seed=s).masks for s in (1, 1, 2)]
     assert torch.equal(scrambled[0], scrambled[1]) and not torch.equal(scrambled[0], scrambled[2])
+
+
+def _vit_by_hand(model, x, replace):
+    """The timm ViT's forward written out, with block ``b``'s attention probabilities replaced by
+    ``replace[b]``; returns the logits and every block's probabilities."""
+    t = model.norm_pre(model._pos_embed(model.patch_embed(x)))
+    attentions = []
+    for b, block in enumerate(model.blocks):
+        attn = block.attn
+        y = block.norm1(t)
+        q, k, v = attn.qkv(y).reshape(*y.shape[:2], 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        probabilities = (attn.q_norm(q) * attn.scale @ attn.k_norm(k).transpose(-2, -1)).softmax(dim=-1)
+        if b in replace:  # a constant: no gradient reaches this block's queries and keys
+            probabilities = replace[b].detach().requires_grad_(True)
+        attentions.append(probabilities)
+        mixed = (probabilities @ v).transpose(1, 2).reshape(*y.shape[:2], -1)
+        t = t + block.ls1(attn.proj(attn.norm(mixed)))
+        t = t + block.ls2(block.mlp(block.norm2(t)))
+    return model.forward_head(model.norm(t)), attentions
+
+
+def test_vit_dix_is_its_formula_point_by_point():
+    torch.manual_seed(0)
+    model = tiny_vit().double()  # float64: the two sum in other orders
+    x, target, n = torch.randn(1, 3, IMAGE, IMAGE, dtype=torch.float64), 2, 3
+    ours = DIX(model, n_steps=n, normalize=False).attribute(x, target=target)[0, 0]
+    with torch.no_grad():
+        _, clean = _vit_by_hand(model, x, {})
+    last = len(model.blocks) - 1
+    grid = IMAGE // 8  # patch size 8
+    expected = torch.zeros(grid, grid, dtype=torch.float64)
+    for block in (last, last - 1):  # the released code scales the *last* block's attention in both
+        relevance = [torch.zeros_like(a[:, 0]) for a in clean]
+        for j in range(n + 1):
+            logits, attentions = _vit_by_hand(model, x, {block: clean[last] * j / n})
+            grads = torch.autograd.grad(logits[0, target], attentions)
+            for r, a, g in zip(relevance, attentions, grads):
+                r += (g * a).clamp_min(0).mean(dim=1) / (n + 1)
+        joint = torch.eye(relevance[0].shape[-1], dtype=torch.float64)
+        for r in relevance:  # rollout: row-normalised A + I, first block first
+            step = r[0] + torch.eye(r.shape[-1], dtype=torch.float64)
+            joint = (step / step.sum(dim=-1, keepdim=True)) @ joint
+        expected += joint[0, 1:].reshape(grid, grid)  # the class token's row over the patches
+    upsampled = F.interpolate(expected[None, None], size=(IMAGE, IMAGE), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(ours, upsampled[0, 0], rtol=1e-9, atol=1e-12)
