@@ -11,7 +11,7 @@ from captum.attr import GradientAttribution
 from captum.log import log_usage
 from torch import Tensor
 
-from ._maps import min_max
+from ._maps import FLAT_MAP_HINT, min_max, warn_if_flat
 from ._model import eval_mode, num_classes_of
 from ._validation import (
     as_input_tuple,
@@ -57,6 +57,7 @@ class MapAttribution(GradientAttribution):
     families: tuple[str, ...] = FAMILIES
     batched = False
     name = "Map"
+    flat_map_hint = FLAT_MAP_HINT
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class MapAttribution(GradientAttribution):
         maps = maps.detach()
         if maps.dtype not in (torch.float32, torch.float64):  # interpolation wants full precision
             maps = maps.float()
+        self._warn_if_uninformative(maps)
         if maps.shape[-2:] != x.shape[-2:]:
             maps = F.interpolate(
                 maps, size=x.shape[-2:], mode=self.upsample_mode, align_corners=False
@@ -150,6 +152,10 @@ class MapAttribution(GradientAttribution):
             maps = min_max(maps)
         attributions = maps.to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
+
+    def _warn_if_uninformative(self, maps: Tensor) -> None:
+        """Warns when a map (B, 1, h, w), before normalisation, cannot rank pixels."""
+        warn_if_flat(maps, self.get_name(), self.flat_map_hint)
 
     def _call_options(self, x: Tensor, baselines: Any, **options: Any) -> dict[str, Any]:
         """Checks a call's own options (none here) and returns what :meth:`_maps` takes of them."""

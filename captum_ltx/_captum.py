@@ -8,6 +8,7 @@ import captum.attr as ca
 from captum.log import log_usage
 from torch import Tensor
 
+from ._maps import to_map, warn_if_flat
 from ._model import eval_mode
 
 
@@ -29,9 +30,13 @@ def _in_eval_mode(base: type) -> type:
         @log_usage()
         def attribute(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
             with eval_mode(self.forward_func):
-                return cast(Any, base).attribute.__wrapped__(
+                result = cast(Any, base).attribute.__wrapped__(
                     self, inputs, *args, **{**self.attribute_defaults, **kwargs}
                 )
+            attributions = result[0] if isinstance(result, tuple) else result
+            if isinstance(attributions, Tensor) and attributions.dim() == 4:
+                warn_if_flat(to_map(attributions), base.__name__)
+            return result
 
     Method.__name__ = Method.__qualname__ = base.__name__
     Method.__doc__ = f"Captum's {base.__name__}, run with the explained model in eval mode."

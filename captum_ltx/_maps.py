@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._validation import warn_user
+
+# a map whose values all lie within this fraction of its largest magnitude ranks no pixel above another
+FLAT_SPAN = 0.01
+FLAT_MAP_HINT = "the model's output does not depend on the input as the method probes it (an untrained or saturated model?)"
+
 
 def to_map(attributions: Tensor) -> Tensor:
     """Returns a (B, H, W) map from (B, H, W), (B, 1, H, W) or input-shaped (B, C, H, W) attributions.
@@ -35,3 +41,22 @@ def min_max(maps: Tensor) -> Tensor:
     low = maps.amin(dim=dims, keepdim=True)
     span = maps.amax(dim=dims, keepdim=True) - low
     return torch.where(span > 0, (maps - low) / span.clamp_min(1e-12), torch.zeros_like(maps))
+
+
+def flat_rows(maps: Tensor) -> Tensor:
+    """Which maps of a batch are flat: constant, all zero, or varying by less than ``FLAT_SPAN`` of
+    their magnitude. Such a map looks like an answer but orders no pixel."""
+    values = maps.detach().flatten(1)
+    span = values.amax(dim=1) - values.amin(dim=1)
+    return span <= FLAT_SPAN * values.abs().amax(dim=1)
+
+
+def warn_if_flat(maps: Tensor, method: str, hint: str = FLAT_MAP_HINT) -> None:
+    """Warns (one line) when a map of the batch is flat (:func:`flat_rows`)."""
+    flat = flat_rows(maps).nonzero()[:, 0].tolist()
+    if flat:
+        level = float(maps[flat[0]].detach().abs().amax())
+        warn_user(
+            f"{method}: the map of input(s) {flat} is flat (all values within {FLAT_SPAN:.0%} of "
+            f"{level:.3g}), so it ranks no pixel above another; {hint}"
+        )

@@ -110,6 +110,15 @@ def layout_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _floating_dtype(forward_func: Any) -> torch.dtype | None:
+    """The dtype of a module's first floating-point parameter, if it has one."""
+    if isinstance(forward_func, nn.Module):
+        for p in forward_func.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
 def num_classes_of(
     forward_func: Callable[..., Any], x: Tensor, args: tuple[Any, ...]
 ) -> tuple[int, Tensor]:
@@ -118,6 +127,12 @@ def num_classes_of(
         try:
             logits = forward_func(x, *args)
         except RuntimeError as e:
+            weights = _floating_dtype(forward_func)
+            if weights is not None and weights != x.dtype:
+                raise TypeError(
+                    f"`inputs` are {x.dtype} but the model's weights are {weights}: pass "
+                    f"`inputs.to({weights})` (or convert the model with `model.to({x.dtype})`)"
+                ) from e
             raise ValueError(
                 f"`inputs` of shape {tuple(x.shape)} could not be run through the model (wrong channel count or "
                 f"size?): {str(e).splitlines()[0]}"

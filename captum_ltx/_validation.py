@@ -6,6 +6,8 @@ user learns from the message what to change.
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,3 +174,13 @@ def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
     return value
+
+
+def warn_user(message: str) -> None:
+    """``warnings.warn`` pointing at the first caller outside captum-ltx and Captum: the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        ("captum_ltx", "captum.")
+    ):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level + 1)

@@ -90,16 +90,12 @@ def _check_options_name_methods(options: dict[str, Any], labels: list[str]) -> N
 
 def image_files(paths: list[str]) -> list[str]:
     """The image files named, a folder standing for the images directly inside it (sorted)."""
-    from .datasets.image_folder import IMAGE_EXTENSIONS
+    from .datasets.image_folder import images_directly_in
 
     files = []
     for path in paths:
         if os.path.isdir(path):
-            inside = sorted(
-                os.path.join(path, f)
-                for f in os.listdir(path)
-                if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            inside = images_directly_in(path)
             if not inside:
                 raise SystemExit(f"`images`: folder {path!r} holds no image files")
             files += inside
@@ -196,17 +192,7 @@ def explain(args: argparse.Namespace) -> None:
         f"{os.path.basename(p)}: {names.index_to_description(c) if names else c} ({probs[i, c]:.2f})"
         for i, (p, c) in enumerate(zip(files, targets))
     ]
-    built = {}
-    for label, method_options in method_plan(labels, options).items():
-        name = registry.split_label(label)[1]
-        if name in ("ltx", "pltx") and explainer:
-            method_options.setdefault("explainer", explainer)
-        try:
-            built[label] = registry.create(name, model, **method_options)
-        except (ValueError, TypeError) as e:
-            raise SystemExit(
-                f"`--explainer`/`--options` for {label!r}: {str(e).splitlines()[0]}"
-            ) from None
+    built = _built_methods(model, method_plan(labels, options), explainer)
     maps = {}
     for label in tqdm(built, desc="explaining"):
         maps.update(explain_all(model, images, {label: built[label]}, targets))
@@ -214,12 +200,9 @@ def explain(args: argparse.Namespace) -> None:
     if args.per_image:
         for i, path in enumerate(files):
             figure = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
+            one = {k: (v[0][i : i + 1], v[1]) for k, v in maps.items()}
             comparison_figure(
-                images[i : i + 1].cpu(),
-                {k: (v[0][i : i + 1], v[1]) for k, v in maps.items()},
-                titles[i : i + 1],
-                normalization,
-                figure,
+                images[i : i + 1].cpu(), one, titles[i : i + 1], normalization, figure
             )
     else:
         comparison_figure(images.cpu(), maps, titles, normalization, args.out)
@@ -229,31 +212,62 @@ def explain(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _built_methods(
+    model: torch.nn.Module, plan: dict[str, dict[str, Any]], explainer: str | None
+) -> dict[str, Any]:
+    """The methods of ``plan``; LTX and pLTX start from ``explainer`` unless told otherwise."""
+    built = {}
+    for label, method_options in plan.items():
+        name = registry.split_label(label)[1]
+        if name in ("ltx", "pltx") and explainer:
+            method_options.setdefault("explainer", explainer)
+        try:
+            built[label] = registry.create(name, model, **method_options)
+        except (ValueError, TypeError) as e:
+            raise SystemExit(
+                f"`--explainer`/`--options` for {label!r}: {str(e).splitlines()[0]}"
+            ) from None
+    return built
+
+
 def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
-    from .datasets import ImagesAndLabels, available_datasets, create_dataset
+    from .datasets import available_datasets
     from .objective import DEFAULT_PRETRAINING_OBJECTIVE
-    from .pretrain import PretrainingCfg
     from .pretrain import pretrain as run_pretraining
 
     if args.data not in available_datasets() and not os.path.isdir(args.data):
         raise SystemExit(
             f"`--data` must be a folder of images or one of {', '.join(available_datasets())}, got {args.data!r}"
         )
-    if (
-        args.finetune_steps is not None and args.finetune_steps < 0
-    ):  # refused before the pretraining, not after it
-        raise SystemExit(f"`--finetune-steps` must be an int >= 0, got {args.finetune_steps}")
-    if args.finetune_patience is not None and args.finetune_patience < 1:
-        raise SystemExit(f"`--finetune-patience` must be an int >= 1, got {args.finetune_patience}")
+    _finetuning_record(args, None)  # refused before the pretraining, not after it
     objective = _objective(
         args.objective,
         "--objective",
         DEFAULT_PRETRAINING_OBJECTIVE.to_config(),
         mask_weight=args.mask_weight,
     )
-    _objective(
-        args.finetune_objective, "--finetune-objective", mask_weight=args.finetune_mask_weight
-    )  # refused before pretraining
+    cfg = _pretraining_cfg(args)
+    torch.manual_seed(args.seed)
+    model = _model(args)
+    train, val = _pretraining_data(args, model)
+    explainer = run_pretraining(
+        model,
+        train,
+        val_data=val,
+        cfg=cfg,
+        objective=objective,
+        checkpoint_dir=args.checkpoint_dir or args.out + ".work",
+        explainer_options=_json_object(args.explainer_options, "--explainer-options"),
+    )
+    explainer.record_finetuning(**_finetuning_record(args, explainer))
+    explainer.record(command=shlex.join(["captum-ltx", "pretrain"] + argv))
+    explainer.save(args.out)
+    print(f"wrote {args.out}")
+
+
+def _pretraining_cfg(args: argparse.Namespace) -> Any:
+    from .pretrain import PretrainingCfg
+
     try:
         snapshots = tuple(int(n) for n in args.snapshots.split(",") if n.strip())
     except ValueError:
@@ -261,7 +275,7 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
             f"`--snapshots` must be comma-separated image counts, got {args.snapshots!r}"
         ) from None
     try:
-        cfg = PretrainingCfg(
+        return PretrainingCfg(
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -273,45 +287,64 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
             num_workers=args.num_workers,
             autocast=args.autocast,
         )
-    except ValueError as e:  # named as the option is spelled
-        raise SystemExit(
-            re.sub(r"`(\w+)`", lambda m: f"`--{m.group(1).replace('_', '-')}`", str(e), count=1)
-        ) from None
-    torch.manual_seed(args.seed)
-    model = _model(args)
-    is_folder = args.data not in available_datasets() and os.path.isdir(
-        args.data
-    )  # as create_dataset decides
+    except ValueError as e:
+        raise SystemExit(_as_option(e)) from None
+
+
+def _as_option(error: Exception, options: dict[str, str] | None = None) -> str:
+    """The message with its first `argument` named as the option is spelled (``options``: the
+    options of arguments spelled otherwise)."""
+
+    def option(m: re.Match[str]) -> str:
+        name = m.group(1)
+        return f"`{(options or {}).get(name, '--' + name.replace('_', '-'))}`"
+
+    return re.sub(r"`(\w+)`", option, str(error), count=1)
+
+
+def _pretraining_data(args: argparse.Namespace, model: torch.nn.Module) -> tuple[Any, Any]:
+    from .datasets import ImagesAndLabels, available_datasets, create_dataset
+
+    is_folder = args.data not in available_datasets() and os.path.isdir(args.data)
     folder = {"val_size": args.val_size} if is_folder else {}  # held out of the same folder
     train_size = args.train_size if args.train_size is not None or folder else 800
     try:
-        train = ImagesAndLabels(
-            create_dataset(args.data, model, "train", length=train_size, seed=args.seed, **folder)
+        train = create_dataset(
+            args.data, model, "train", length=train_size, seed=args.seed, **folder
         )
-        val = ImagesAndLabels(
-            create_dataset(args.data, model, "val", length=args.val_size, seed=args.seed, **folder)
+        val = create_dataset(
+            args.data, model, "val", length=args.val_size, seed=args.seed, **folder
         )
     except ValueError as e:
         raise SystemExit(f"`--data` {args.data!r}: {str(e).splitlines()[0]}") from None
-    explainer = run_pretraining(
-        model,
-        train,
-        val_data=val,
-        cfg=cfg,
-        objective=objective,
-        checkpoint_dir=args.checkpoint_dir or args.out + ".work",
-        explainer_options=_json_object(args.explainer_options, "--explainer-options"),
-    )
+    return ImagesAndLabels(train), ImagesAndLabels(val)
+
+
+# FinetuningCfg's fields as `pretrain` spells them
+FINETUNING_OPTIONS = {
+    "finetune": "--finetune-part",
+    "finetune_steps": "--finetune-steps",
+    "lr": "--finetune-lr",
+    "backbone_lr": "--finetune-backbone-lr",
+    "patience": "--finetune-patience",
+}
+
+
+def _finetuning_record(args: argparse.Namespace, explainer: Any) -> dict[str, Any]:
+    """The ``--finetune-*`` settings, checked (before pretraining, ``explainer`` None) as the
+    checkpoint will check them; the objective over the one ``pretrain()`` recorded."""
+    from .explainer import FinetuningCfg
+
     objective = None
     if args.finetune_objective != "{}" or args.finetune_mask_weight is not None:
-        # over pretrain()'s default
+        recorded = explainer.finetuning.objective if explainer is not None else None
         objective = _objective(
             args.finetune_objective,
             "--finetune-objective",
-            explainer.finetuning.objective,
+            recorded,
             mask_weight=args.finetune_mask_weight,
         ).to_config()
-    explainer.record_finetuning(  # LTX(model, checkpoint) uses these unless told otherwise
+    settings = dict(
         lr=args.finetune_lr,
         backbone_lr=args.finetune_backbone_lr,
         finetune_steps=args.finetune_steps,
@@ -319,9 +352,11 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
         patience=args.finetune_patience,
         objective=objective,
     )
-    explainer.record(command=shlex.join(["captum-ltx", "pretrain"] + argv))
-    explainer.save(args.out)
-    print(f"wrote {args.out}")
+    try:
+        FinetuningCfg().over(**settings)
+    except ValueError as e:
+        raise SystemExit(_as_option(e, FINETUNING_OPTIONS)) from None
+    return settings
 
 
 def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
@@ -417,6 +452,36 @@ def _pretrain_parser(commands: Any) -> None:
     p.add_argument(
         "--val-size", type=int, default=48, help="validation composites (choose the epoch)"
     )
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument(
+        "--mask-weight", type=float, default=None, help="the objective's mask weight (default 3)"
+    )
+    p.add_argument(
+        "--objective",
+        default="{}",
+        help='JSON: LTXObjective settings of pretraining over the default (black/blur mix baseline), e.g. {"complement_weight": 1}; {"baseline": "black"} is the reference',
+    )
+    p.add_argument(
+        "--target",
+        default="predicted",
+        choices=("predicted", "label", "sampled"),
+        help="class each training image is explained for; 'sampled' draws it from the model's softmax",
+    )
+    p.add_argument(
+        "--explainer-options",
+        default="{}",
+        help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}',
+    )
+    p.add_argument(
+        "--checkpoint-dir", default=None, help="resumable checkpoints (default: OUT.work)"
+    )
+    p.add_argument("--out", required=True, help="checkpoint folder to write (safetensors + JSON)")
+    _add_training_schedule(p)
+    _add_finetuning_record(p)
+
+
+def _add_training_schedule(p: argparse.ArgumentParser) -> None:
+    """How ``pretrain`` trains: epochs, batches, learning rate, snapshots, precision, seed."""
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
@@ -434,15 +499,16 @@ def _pretrain_parser(commands: Any) -> None:
         default="",
         help="comma-separated image counts after which the explainer is also written to CHECKPOINT_DIR/snapshots/N (a learning curve from one run)",
     )
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument(
-        "--mask-weight", type=float, default=None, help="the objective's mask weight (default 3)"
+        "--autocast",
+        action="store_true",
+        help="pretrain under torch.autocast in bfloat16 (for GPUs)",
     )
-    p.add_argument(
-        "--objective",
-        default="{}",
-        help='JSON: LTXObjective settings of pretraining over the default (black/blur mix baseline), e.g. {"complement_weight": 1}; {"baseline": "black"} is the reference',
-    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_finetuning_record(p: argparse.ArgumentParser) -> None:
+    """The finetuning settings ``pretrain`` records in the checkpoint for LTX to use."""
     p.add_argument(
         "--finetune-objective",
         default="{}",
@@ -473,11 +539,6 @@ def _pretrain_parser(commands: Any) -> None:
         help="finetuning steps per image recorded in the checkpoint",
     )
     p.add_argument(
-        "--autocast",
-        action="store_true",
-        help="pretrain under torch.autocast in bfloat16 (for GPUs)",
-    )
-    p.add_argument(
         "--finetune-part",
         choices=["all", "head"],
         default=None,
@@ -489,22 +550,6 @@ def _pretrain_parser(commands: Any) -> None:
         default=None,
         help="finetuning stops once the objective has not improved for this many steps (recorded)",
     )
-    p.add_argument(
-        "--target",
-        default="predicted",
-        choices=("predicted", "label", "sampled"),
-        help="class each training image is explained for; 'sampled' draws it from the model's softmax",
-    )
-    p.add_argument(
-        "--explainer-options",
-        default="{}",
-        help='JSON: Explainer.from_model options, e.g. {"feature_layer": "blocks.5"}',
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--checkpoint-dir", default=None, help="resumable checkpoints (default: OUT.work)"
-    )
-    p.add_argument("--out", required=True, help="checkpoint folder to write (safetensors + JSON)")
 
 
 def _benchmark_parser(commands: Any) -> None:

@@ -6,9 +6,8 @@ import copy
 import json
 import math
 import os
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from typing import Any, cast
 
 import torch
@@ -16,6 +15,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._cnn import spatial_order, spatial_outputs, stage_names
+from ._explainer_cfg import (
+    CONFIG_NAME,
+    FINETUNED_PARTS,
+    WEIGHTS_NAME,
+    BackboneCfg,
+    ExplainerCfg,
+    FeatureCfg,
+    FineFeatureCfg,
+    FinetuningCfg,
+    check_explainer_options,
+)
 from ._hooks import capture
 from ._model import (
     architecture_fingerprint,
@@ -24,79 +34,10 @@ from ._model import (
     normalization_of,
 )
 from ._shipped import explainer_folder
-from ._validation import check_choice, check_positive_int, format_target
+from ._validation import format_target, warn_user
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "explainer.safetensors"
-FORMAT_VERSION = 1
-FINETUNED_PARTS = ("all", "head")
+__all__ = ["FINETUNED_PARTS", "Explainer", "ExplainerCfg", "FinetuningCfg"]
 
-
-@dataclass(frozen=True)
-class FinetuningCfg:
-    """The per-image finetuning a checkpoint records (``config["finetuning"]``), chosen with it;
-    ``None``: not recorded, LTX's own default applies. Validated when made, so a checkpoint with a bad
-    record is refused when loaded.
-
-    Args:
-        finetune (str, optional): explainer parts trained per image, ``"all"`` or ``"head"``.
-        finetune_steps (int, optional): steps per image (0: pLTX).
-        lr (float, optional): lr of the head (and of the backbone unless ``backbone_lr``).
-        backbone_lr (float, optional): lr of the backbone.
-        patience (int, optional): stop after this many steps without improvement.
-        mask_weight (float, optional): the objective's mask weight, as written before the whole
-            objective was recorded.
-        objective (dict, optional): :class:`~captum_ltx.LTXObjective` settings.
-    """
-
-    finetune: str | None = None
-    finetune_steps: int | None = None
-    lr: float | None = None
-    backbone_lr: float | None = None
-    patience: int | None = None
-    mask_weight: float | None = None
-    objective: dict[str, Any] | None = None
-
-    def __post_init__(self) -> None:
-        if self.finetune is not None:
-            check_choice(self.finetune, "finetune", FINETUNED_PARTS)
-        if self.finetune_steps is not None:
-            check_positive_int(self.finetune_steps, "finetune_steps", allow_zero=True)
-        if self.patience is not None:
-            check_positive_int(self.patience, "patience")
-        for name in ("lr", "backbone_lr", "mask_weight"):
-            value = getattr(self, name)
-            if value is not None and (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
-        if self.objective is not None and not isinstance(self.objective, dict):
-            raise ValueError(
-                f"`objective` must be a dict of LTXObjective settings, got {self.objective!r}"
-            )
-
-    @classmethod
-    def from_config(cls, recorded: dict[str, Any]) -> FinetuningCfg:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(recorded) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown finetuning settings {unknown}; expected some of {sorted(known)}"
-            )
-        return cls(**recorded)
-
-    def to_config(self) -> dict[str, Any]:
-        """The settings recorded (``None`` ones left out), as JSON takes them."""
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
-        }
-
-
-HEADS = ("mlp", "conv")
-FEATURE_NORMS = ("layer", "image")
 DEFAULT_FEATURE_NORM = "layer"
 DEFAULT_MASK_PRIOR = 0.5
 CLASS_GAIN = 50.0
@@ -116,21 +57,26 @@ def _detached_copy(model: nn.Module) -> nn.Module:
 
 
 def _read_features(
-    net: nn.Module, features: dict[str, Any], x: Tensor, *args: Any
+    net: nn.Module,
+    features: FeatureCfg,
+    x: Tensor,
+    *args: Any,
+    fine_layers: Sequence[str] | None = None,
 ) -> tuple[Tensor, list[Tensor]]:
-    """The head's main features and the outputs of the finer layers (``features["fine"]``), in one forward."""
-    hooked = [features["layer"]] if features["access"] == "hook" else []
-    hooked += [fine["layer"] for fine in features.get("fine", ())]
+    """The head's main features and the outputs of the finer layers (``features.fine``, or
+    ``fine_layers``), in one forward."""
+    fine = [f.layer for f in features.fine] if fine_layers is None else list(fine_layers)
+    hooked = ([features.layer] if features.access == "hook" else []) + fine
     # Hooked per call (not once) so that deep copies of an explainer never share a hook.
-    with capture(net, hooked) as captured:
+    with capture(net, cast(list[str], hooked)) as captured:
         main = (
             cast(Any, net).forward_features(x)
-            if features["access"] == "forward_features"
+            if features.access == "forward_features"
             else net(x, *args)
         )
-    if features["access"] == "hook":
-        main = captured[features["layer"]]
-    return main, [captured[fine["layer"]] for fine in features.get("fine", ())]
+    if features.access == "hook":
+        main = captured[cast(str, features.layer)]
+    return main, [captured[name] for name in fine]
 
 
 def _model_record(model: nn.Module) -> dict[str, Any]:
@@ -171,14 +117,13 @@ def _prior_init(conv: nn.Conv2d, prior: float | None) -> None:
     )
 
 
-def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Tensor:
+def _feature_grid(raw: Tensor, image_size: Any, features: FeatureCfg) -> Tensor:
     """Feature map (B, C, h, w) from whatever layout the backbone gives."""
-    layout = features["layout"]
-    if layout == "NCHW":
+    if features.layout == "NCHW":
         return raw
-    if layout == "NHWC":
+    if features.layout == "NHWC":
         return raw.permute(0, 3, 1, 2)
-    tokens = raw[:, features["num_prefix_tokens"] :]
+    tokens = raw[:, features.num_prefix_tokens :]
     n = tokens.shape[1]
     height, width = image_size
     h = max(1, round((n * height / width) ** 0.5))
@@ -192,12 +137,12 @@ def _feature_grid(raw: Tensor, image_size: Any, features: dict[str, Any]) -> Ten
 
 def _fine_features(
     net: nn.Module,
-    features: dict[str, Any],
+    features: FeatureCfg,
     probe: Tensor,
     args: tuple[Any, ...],
     names: Sequence[str] | None,
     size: tuple[int, int],
-) -> list[dict[str, Any]]:
+) -> tuple[FineFeatureCfg, ...]:
     """Name, channels and size of each finer map the head adds; by default the last feature stage
     finer than the head's grid (timm's ``feature_info``, else any module's output)."""
     outputs = spatial_outputs(
@@ -205,7 +150,7 @@ def _fine_features(
         probe,
         args,
         forward=cast(Callable[..., Any], net.forward_features)
-        if features["access"] == "forward_features"
+        if features.access == "forward_features"
         else None,
     )
     if names is None:
@@ -224,9 +169,7 @@ def _fine_features(
         if name not in modules:
             raise ValueError(f"`fine_layers`: {name!r} is not a module of the backbone")
     with torch.no_grad():
-        _, maps = _read_features(
-            net, dict(features, fine=[{"layer": n} for n in names]), probe, *args
-        )
+        _, maps = _read_features(net, features, probe, *args, fine_layers=names)
     result = []
     previous = size
     for name, out in zip(names, maps):
@@ -235,9 +178,136 @@ def _fine_features(
                 f"`fine_layers`: {name!r} must give a (B, C, h, w) map at least as fine as the one before it "
                 f"({previous[0]}x{previous[1]}), got shape {tuple(out.shape)}"
             )
-        previous = (out.shape[-2], out.shape[-1])
-        result.append({"layer": name, "channels": int(out.shape[1]), "size": list(previous)})
-    return result
+        previous = (int(out.shape[-2]), int(out.shape[-1]))
+        result.append(FineFeatureCfg(name, int(out.shape[1]), previous))
+    return tuple(result)
+
+
+def _input_size(model: nn.Module, given: Any) -> tuple[int, int, int]:
+    """``given``, else the (C, H, W) of the model's timm ``pretrained_cfg``."""
+    size = given or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    if size is None or len(size) != 3:
+        raise ValueError(
+            f"`input_size` (C, H, W) is needed for a model without timm's pretrained_cfg, got {size!r}"
+        )
+    return cast(tuple[int, int, int], tuple(int(v) for v in size))
+
+
+def _backbone(
+    model: nn.Module,
+    backbone: Any,
+    backbone_kwargs: dict[str, Any],
+    feature_layer: str | None,
+) -> tuple[nn.Module, BackboneCfg]:
+    """The backbone network in eval mode, and how a checkpoint rebuilds it."""
+    if backbone is None:
+        net = _detached_copy(model)
+        if feature_layer is None and hasattr(net, "reset_classifier"):
+            cast(Any, net).reset_classifier(0)
+        return net.eval(), BackboneCfg("copy")
+    if isinstance(backbone, str):
+        import timm
+
+        net = timm.create_model(backbone, num_classes=0, **backbone_kwargs)
+        kwargs = {
+            k: v
+            for k, v in backbone_kwargs.items()
+            if k not in ("pretrained", "pretrained_cfg_overlay")
+        }
+        return net.eval(), BackboneCfg("timm", backbone, kwargs)
+    if isinstance(backbone, nn.Module):
+        raise TypeError(
+            "`backbone` as a module cannot be rebuilt from a checkpoint; pass a timm model name, or None to "
+            "copy the explained model"
+        )
+    raise TypeError(f"`backbone` must be None or a timm model name, got {type(backbone).__name__}")
+
+
+def _probe_features(
+    net: nn.Module,
+    probe: Tensor,
+    probe_args: tuple[Any, ...],
+    feature_layer: str | None,
+    num_prefix_tokens: int | None,
+) -> tuple[FeatureCfg, Tensor]:
+    """Where the head reads the backbone and in what layout, from one forward of ``probe``; and
+    what it read."""
+    if feature_layer is None and hasattr(net, "forward_features"):
+        features = FeatureCfg("forward_features")
+    else:
+        layer = (
+            feature_layer
+            or spatial_order(
+                net,
+                probe,
+                probe_args,
+                "pass `feature_layer` naming the module whose output the mask head should read",
+            )[-1][0]
+        )
+        if layer not in dict(net.named_modules()):
+            raise ValueError(f"`feature_layer` {layer!r} is not a module of the backbone")
+        features = FeatureCfg("hook", layer)
+    with torch.no_grad():
+        raw, _ = _read_features(
+            net, features, probe, *(probe_args if features.access == "hook" else ())
+        )
+    if raw.dim() == 3:
+        prefix = num_prefix_tokens
+        if prefix is None:
+            prefix = getattr(net, "num_prefix_tokens", 0)
+        return replace(features, layout="tokens", num_prefix_tokens=int(prefix)), raw
+    if raw.dim() == 4:
+        fmt = getattr(net, "output_fmt", "NCHW")
+        return replace(features, layout=str(getattr(fmt, "value", fmt))), raw
+    raise ValueError(
+        f"backbone features must be tokens (B, N, D) or a map (B, C, h, w), got shape {tuple(raw.shape)}"
+    )
+
+
+def _mask_head(
+    cfg: ExplainerCfg,
+) -> tuple[nn.Module, nn.Module, nn.ModuleList, nn.Parameter | None]:
+    """The explainer's head: feature norm, mask head, heads of the finer maps, class offsets."""
+    channels = cfg.features.channels
+    # checkpoints from before these settings existed read raw features with the reference's init
+    norm = _feature_norm(cfg.feature_norm, channels)
+    head: nn.Module
+    if cfg.head == "mlp":
+        head = nn.Sequential(nn.Conv2d(channels, channels, 1), nn.Tanh(), nn.Conv2d(channels, 1, 1))
+        for conv in head[0::2]:
+            # HF's default init for new heads, as in the reference explainer.
+            nn.init.normal_(cast(Tensor, conv.weight), std=0.02)
+            nn.init.zeros_(cast(Tensor, conv.bias))
+        last = head[-1]
+    else:
+        head = last = nn.Conv2d(channels, 1, 1)
+    if cfg.mask_prior is not None:
+        _prior_init(cast(nn.Conv2d, last), cfg.mask_prior)
+    # finer feature maps each add their own logits, upsampled coarse to fine, for a finer mask
+    fine_heads = nn.ModuleList()
+    for fine in cfg.features.fine:
+        fine_head = nn.Sequential(
+            _feature_norm(cfg.feature_norm, fine.channels), nn.Conv2d(fine.channels, 1, 1)
+        )
+        _prior_init(cast(nn.Conv2d, fine_head[-1]), None)
+        fine_heads.append(fine_head)
+    classes = cfg.num_classes
+    # the per-class scale is 1 + CLASS_GAIN * class_offset: zero at first (the class-blind explainer),
+    # and the gain lets it move at the backbone's small lr (without it, 2e-4 x 250 steps moved the
+    # scales by 1% and the masks did not depend on the class)
+    class_offset = nn.Parameter(torch.zeros(classes, channels)) if classes else None
+    return norm, head, fine_heads, class_offset
+
+
+def _scaled_by_class(grid: Tensor, class_offset: Tensor, target: Any) -> Tensor:
+    """Features scaled channel-wise by the explained class's learned gain."""
+    classes = class_offset.shape[0]
+    if target is None:
+        raise ValueError(
+            f"`target` is needed: this explainer makes a mask per class ({classes} classes)"
+        )
+    target = format_target(target, grid.shape[0], classes).to(grid.device)
+    return grid * (1 + CLASS_GAIN * class_offset[target])[:, :, None, None]
 
 
 class Explainer(nn.Module):
@@ -259,7 +329,8 @@ class Explainer(nn.Module):
 
     Args:
         backbone (nn.Module): the feature extractor.
-        config (dict): how features are read and the head is built; written by :meth:`from_model`.
+        config (ExplainerCfg or dict): how features are read and the head is built (made by
+            :meth:`from_model`; a dict is read as ``config.json``).
 
     Example::
 
@@ -270,41 +341,11 @@ class Explainer(nn.Module):
         >>> mask = per_class(x, target=torch.tensor([3]))
     """
 
-    def __init__(self, backbone: nn.Module, config: dict[str, Any]) -> None:
+    def __init__(self, backbone: nn.Module, config: ExplainerCfg | dict[str, Any]) -> None:
         super().__init__()
         self.backbone = backbone
-        self.config = config
-        channels = config["features"]["channels"]
-        # checkpoints from before these settings existed read raw features with the reference's init
-        norm, prior = config.get("feature_norm"), config.get("mask_prior")
-        self.norm = _feature_norm(norm, channels)
-        self.head: nn.Module
-        if config["head"] == "mlp":
-            self.head = nn.Sequential(
-                nn.Conv2d(channels, channels, 1), nn.Tanh(), nn.Conv2d(channels, 1, 1)
-            )
-            for conv in self.head[0::2]:
-                # HF's default init for new heads, as in the reference explainer.
-                nn.init.normal_(cast(Tensor, conv.weight), std=0.02)
-                nn.init.zeros_(cast(Tensor, conv.bias))
-            last = self.head[-1]
-        else:
-            self.head = last = nn.Conv2d(channels, 1, 1)
-        if prior is not None:
-            _prior_init(cast(nn.Conv2d, last), prior)
-        # finer feature maps each add their own logits, upsampled coarse to fine, for a finer mask
-        self.fine_heads = nn.ModuleList()
-        for fine in config["features"].get("fine", ()):
-            fine_head = nn.Sequential(
-                _feature_norm(norm, fine["channels"]), nn.Conv2d(fine["channels"], 1, 1)
-            )
-            _prior_init(cast(nn.Conv2d, fine_head[-1]), None)
-            self.fine_heads.append(fine_head)
-        classes = config.get("num_classes")
-        # the per-class scale is 1 + CLASS_GAIN * class_offset: zero at first (the class-blind explainer),
-        # and the gain lets it move at the backbone's small lr (without it, 2e-4 x 250 steps moved the
-        # scales by 1% and the masks did not depend on the class)
-        self.class_offset = nn.Parameter(torch.zeros(classes, channels)) if classes else None
+        self.cfg = config if isinstance(config, ExplainerCfg) else ExplainerCfg.from_json(config)
+        self.norm, self.head, self.fine_heads, self.class_offset = _mask_head(self.cfg)
         self.backbone.eval()
 
     # -- construction -------------------------------------------------------------------------------
@@ -364,132 +405,41 @@ class Explainer(nn.Module):
             raise TypeError(
                 f"`model` must be an nn.Module to derive an explainer from, got {type(model).__name__}"
             )
-        if num_classes is not None and (
-            isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
-        ):
-            raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes!r}")
-        if head is not None and head not in HEADS:
-            raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
-        if feature_norm is not None and feature_norm not in FEATURE_NORMS:
-            raise ValueError(
-                f"`feature_norm` must be one of {list(FEATURE_NORMS)} or None, got {feature_norm!r}"
-            )
-        if mask_prior is not None and (
-            isinstance(mask_prior, bool)
-            or not isinstance(mask_prior, (int, float))
-            or not 0 < mask_prior < 1
-        ):
-            raise ValueError(f"`mask_prior` must be a number in (0, 1) or None, got {mask_prior!r}")
-        if fine_layers is not None and (
-            isinstance(fine_layers, str) or not all(isinstance(n, str) for n in fine_layers)
-        ):
-            raise ValueError(
-                f"`fine_layers` must be a sequence of module names, got {fine_layers!r}"
-            )
-        input_size = input_size or (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
-        if input_size is None or len(input_size) != 3:
-            raise ValueError(
-                f"`input_size` (C, H, W) is needed for a model without timm's pretrained_cfg, got {input_size!r}"
-            )
-        if normalization is not None:
-            normalization = check_normalization(normalization)
-        else:
-            normalization = normalization_of(model)
-
-        backbone_kwargs = dict(backbone_kwargs or {})
-        source: dict[str, Any]
-        if backbone is None:
-            net, source = _detached_copy(model), {"source": "copy"}
-            if feature_layer is None and hasattr(net, "reset_classifier"):
-                cast(Any, net).reset_classifier(0)
-        elif isinstance(backbone, str):
-            import timm
-
-            net = timm.create_model(backbone, num_classes=0, **backbone_kwargs)
-            kwargs = {
-                k: v
-                for k, v in backbone_kwargs.items()
-                if k not in ("pretrained", "pretrained_cfg_overlay")
-            }
-            source = {"source": "timm", "name": backbone, "kwargs": kwargs}
-        elif isinstance(backbone, nn.Module):
-            raise TypeError(
-                "`backbone` as a module cannot be rebuilt from a checkpoint; pass a timm model name, or None to "
-                "copy the explained model"
-            )
-        else:
-            raise TypeError(
-                f"`backbone` must be None or a timm model name, got {type(backbone).__name__}"
-            )
-
+        check_explainer_options(
+            head=head,
+            feature_norm=feature_norm,
+            mask_prior=mask_prior,
+            num_classes=num_classes,
+            fine_layers=fine_layers,
+        )
+        input_size = _input_size(model, input_size)
+        norm = check_normalization(normalization) if normalization is not None else None
+        net, source = _backbone(model, backbone, dict(backbone_kwargs or {}), feature_layer)
         probe = torch.zeros(1, *input_size)
-        net.eval()
-        if feature_layer is None and hasattr(net, "forward_features"):
-            access = {"access": "forward_features", "layer": None}
-        else:
-            layer = (
-                feature_layer
-                or spatial_order(
-                    net,
-                    probe,
-                    probe_args,
-                    "pass `feature_layer` naming the module whose output the mask head should read",
-                )[-1][0]
-            )
-            if layer not in dict(net.named_modules()):
-                raise ValueError(f"`feature_layer` {layer!r} is not a module of the backbone")
-            access = {"access": "hook", "layer": layer}
-        features: dict[str, Any] = dict(access)
-        features.update(layout="NCHW", num_prefix_tokens=0, channels=0)
-        config = {
-            "format_version": FORMAT_VERSION,
-            "backbone": source,
-            "features": features,
-            "head": "conv",
-            "input_size": list(input_size),
-            "mask_size": None,
-            "normalization": [list(normalization[0]), list(normalization[1])]
-            if normalization
-            else None,
-            "model": _model_record(model),
-            "training": {},
-            "seed": seed,
-        }
-        if num_classes is not None:
-            config["num_classes"] = num_classes
-        if feature_norm is not None:
-            config["feature_norm"] = feature_norm
-        if mask_prior is not None:
-            config["mask_prior"] = float(mask_prior)
-        net_args = probe_args if access["access"] == "hook" else ()
-        with torch.no_grad():
-            raw, _ = _read_features(net, features, probe, *net_args)
-        if raw.dim() == 3:
-            features["layout"] = "tokens"
-            features["num_prefix_tokens"] = int(
-                num_prefix_tokens
-                if num_prefix_tokens is not None
-                else getattr(net, "num_prefix_tokens", 0)
-            )
-        elif raw.dim() == 4:
-            fmt = getattr(net, "output_fmt", "NCHW")
-            features["layout"] = str(getattr(fmt, "value", fmt))
-        else:
-            raise ValueError(
-                f"backbone features must be tokens (B, N, D) or a map (B, C, h, w), got shape {tuple(raw.shape)}"
-            )
-        grid = _feature_grid(raw, probe.shape[-2:], features)
-        features["channels"] = int(grid.shape[1])
-        config["mask_size"] = list(grid.shape[-2:])
+        features, raw = _probe_features(net, probe, probe_args, feature_layer, num_prefix_tokens)
+        grid = _feature_grid(raw, probe.shape[-2:], features).shape
+        features = replace(features, channels=int(grid[1]))
+        mask_size = (int(grid[-2]), int(grid[-1]))
         if multi_stride or fine_layers is not None:
-            features["fine"] = _fine_features(
-                net, features, probe, net_args, fine_layers, (grid.shape[-2], grid.shape[-1])
-            )
-            config["mask_size"] = features["fine"][-1]["size"]
-        config["head"] = head or ("mlp" if features["layout"] == "tokens" else "conv")
+            net_args = probe_args if features.access == "hook" else ()
+            fine = _fine_features(net, features, probe, net_args, fine_layers, mask_size)
+            features, mask_size = replace(features, fine=fine), fine[-1].size
+        cfg = ExplainerCfg(
+            backbone=source,
+            features=features,
+            head=head or ("mlp" if features.layout == "tokens" else "conv"),
+            input_size=input_size,
+            mask_size=mask_size,
+            model=_model_record(model),
+            normalization=norm or normalization_of(model),
+            seed=seed,
+            num_classes=num_classes,
+            feature_norm=feature_norm,
+            mask_prior=None if mask_prior is None else float(mask_prior),
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return cls(net, config)
+            return cls(net, cfg)
 
     # -- forward ------------------------------------------------------------------------------------
 
@@ -515,7 +465,7 @@ class Explainer(nn.Module):
 
     def features(self, x: Tensor, *additional_forward_args: Any) -> tuple[Tensor, list[Tensor]]:
         """The backbone's outputs that the head reads: the main features and the finer maps."""
-        return _read_features(self.backbone, self.config["features"], x, *additional_forward_args)
+        return _read_features(self.backbone, self.cfg.features, x, *additional_forward_args)
 
     def mask_from_features(
         self,
@@ -527,15 +477,9 @@ class Explainer(nn.Module):
         return_low_res: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """The head's part of :meth:`forward`, on :meth:`features`' outputs."""
-        grid = self.norm(_feature_grid(raw, image_size, self.config["features"]))
+        grid = self.norm(_feature_grid(raw, image_size, self.cfg.features))
         if self.class_offset is not None:
-            classes = self.class_offset.shape[0]
-            if target is None:
-                raise ValueError(
-                    f"`target` is needed: this explainer makes a mask per class ({classes} classes)"
-                )
-            target = format_target(target, grid.shape[0], classes).to(grid.device)
-            grid = grid * (1 + CLASS_GAIN * self.class_offset[target])[:, :, None, None]
+            grid = _scaled_by_class(grid, self.class_offset, target)
         logits = self.head(grid)
         for fine_head, fine in zip(self.fine_heads, fines):
             logits = F.interpolate(
@@ -552,27 +496,32 @@ class Explainer(nn.Module):
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-        norm = self.config.get("normalization")
-        return (tuple(norm[0]), tuple(norm[1])) if norm else None
+        return self.cfg.normalization
 
     # -- checkpoints --------------------------------------------------------------------------------
 
     @property
+    def config(self) -> dict[str, Any]:
+        """The checkpoint's ``config.json`` object: a copy (record through :meth:`record` and
+        :meth:`record_finetuning`; the settings themselves are :attr:`cfg`)."""
+        return self.cfg.to_json()
+
+    @property
     def input_size(self) -> tuple[int, ...]:
         """(channels, height, width) of the images the explainer was made for."""
-        return tuple(self.config["input_size"])
+        return self.cfg.input_size
 
     @property
     def pretrained(self) -> bool:
         """Whether the explainer was pretrained (its config records the training)."""
-        return bool(self.config.get("training"))
+        return bool(self.cfg.training)
 
     @property
     def fresh_head_channels(self) -> int | None:
         """For a head never pretrained that starts at its prior, the channels it reads; else ``None``."""
-        if self.pretrained or self.config.get("mask_prior") is None:
+        if self.pretrained or self.cfg.mask_prior is None:
             return None
-        return int(self.config["features"]["channels"])
+        return self.cfg.features.channels
 
     def record(self, **facts: Any) -> None:
         """Records facts about how the checkpoint was made (``training``, ``command``) in its config."""
@@ -581,17 +530,16 @@ class Explainer(nn.Module):
             raise ValueError(
                 f"unknown checkpoint records {unknown}; expected 'training' or 'command'"
             )
-        self.config.update(facts)
+        self.cfg = replace(self.cfg, **facts)
 
     @property
     def finetuning(self) -> FinetuningCfg:
         """The per-image finetuning recorded with this explainer (``LTX`` uses it unless told otherwise)."""
-        return FinetuningCfg.from_config(self.config.get("finetuning", {}))
+        return self.cfg.finetuning
 
     def record_finetuning(self, **settings: Any) -> None:
         """Records :class:`FinetuningCfg` settings over the recorded ones (validated; ``None``: kept)."""
-        given = {k: v for k, v in settings.items() if v is not None}
-        self.config["finetuning"] = replace(self.finetuning, **given).to_config()
+        self.cfg = replace(self.cfg, finetuning=self.cfg.finetuning.over(**settings))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Writes ``path/explainer.safetensors`` and ``path/config.json``."""
@@ -603,36 +551,12 @@ class Explainer(nn.Module):
             state, os.path.join(path, WEIGHTS_NAME), metadata={"format": "captum_ltx.Explainer"}
         )
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
-            json.dump(self.config, f, indent=2, sort_keys=True)
+            json.dump(self.cfg.to_json(), f, indent=2, sort_keys=True)
 
     @staticmethod
-    def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-        config_path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isdir(path) or not os.path.isfile(config_path):
-            raise ValueError(
-                f"`path` {str(path)!r} is not an explainer checkpoint: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}"
-            )
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(
-                f"`path` {str(path)!r}: {CONFIG_NAME} is not valid JSON ({e})"
-            ) from None
-        required = ("format_version", "backbone", "features", "head", "input_size", "model")
-        if not isinstance(config, dict) or any(k not in config for k in required):
-            raise ValueError(f"`path` {str(path)!r}: {CONFIG_NAME} lacks the keys {list(required)}")
-        if config["format_version"] != FORMAT_VERSION:
-            raise ValueError(
-                f"`path` {str(path)!r}: format version {config['format_version']} is not supported (expected {FORMAT_VERSION})"
-            )
-        try:
-            FinetuningCfg.from_config(config.get("finetuning", {}))
-        except (TypeError, ValueError) as e:
-            raise ValueError(
-                f"`path` {str(path)!r}: its finetuning record is invalid: {e}"
-            ) from None
-        return config
+    def read_config(path: str | os.PathLike[str]) -> ExplainerCfg:
+        """The settings of a checkpoint folder, validated."""
+        return ExplainerCfg.read(path)
 
     @classmethod
     def from_pretrained(
@@ -666,60 +590,65 @@ class Explainer(nn.Module):
                 recorded for it, with its trained weights, and ``config["transfer_from"]`` keeps the
                 other model's record. The two models must take the same normalisation.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         config = cls.read_config(path)
         transferred = (
             model is not None
             and transfer
-            and config["model"]["fingerprint"] != architecture_fingerprint(model)
+            and config.model["fingerprint"] != architecture_fingerprint(model)
         )
         if model is not None and not transferred:
             _check_same_model(path, config, model, transfer_hint=not transfer)
         if transferred:
             config = _transferred_config(path, config, cast(nn.Module, model))
-            config["backbone"] = _rebuilt_backbone_source(path, config)
-        source = config["backbone"]
-        if source["source"] == "copy":
-            if model is None:
-                raise ValueError(
-                    f"`model` is needed to load {str(path)!r}: its backbone is a copy of the explained model"
-                )
-            net = _detached_copy(model)
-            if config["features"]["access"] == "forward_features" and hasattr(
-                net, "reset_classifier"
-            ):
-                cast(Any, net).reset_classifier(0)
-        else:
-            import timm
-
-            net = timm.create_model(
-                source["name"], **{"num_classes": 0, **source.get("kwargs", {})}
-            )
-        explainer = cls(net, config)
-        try:
-            state = load_file(os.path.join(path, WEIGHTS_NAME))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(
-                f"`path` {str(path)!r}: {WEIGHTS_NAME} is not a readable safetensors file ({e})"
-            ) from None
-        try:
-            explainer.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(
-                f"`path` {str(path)!r}: weights do not fit the explainer ({str(e).splitlines()[0]})"
-            ) from None
+            config = replace(config, backbone=_rebuilt_backbone_source(path, config))
+        explainer = cls(_rebuilt_backbone(path, config, model), config)
+        _load_weights(explainer, path)
         return explainer
 
 
+def _rebuilt_backbone(path: Any, config: ExplainerCfg, model: nn.Module | None) -> nn.Module:
+    source = config.backbone
+    if source.source == "timm":
+        import timm
+
+        return timm.create_model(
+            cast(str, source.name), **{"num_classes": 0, **(source.kwargs or {})}
+        )
+    if model is None:
+        raise ValueError(
+            f"`model` is needed to load {str(path)!r}: its backbone is a copy of the explained model"
+        )
+    net = _detached_copy(model)
+    if config.features.access == "forward_features" and hasattr(net, "reset_classifier"):
+        cast(Any, net).reset_classifier(0)
+    return net
+
+
+def _load_weights(explainer: Explainer, path: Any) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(os.path.join(path, WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(
+            f"`path` {str(path)!r}: {WEIGHTS_NAME} is not a readable safetensors file ({e})"
+        ) from None
+    try:
+        explainer.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"`path` {str(path)!r}: weights do not fit the explainer ({str(e).splitlines()[0]})"
+        ) from None
+
+
 def _check_same_model(
-    path: Any, config: dict[str, Any], model: nn.Module, transfer_hint: bool
+    path: Any, config: ExplainerCfg, model: nn.Module, transfer_hint: bool
 ) -> None:
-    expected, actual = config["model"]["fingerprint"], architecture_fingerprint(model)
+    expected, actual = config.model["fingerprint"], architecture_fingerprint(model)
     if expected != actual:
         raise ValueError(
-            f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} with architecture "
+            f"`path` {str(path)!r} holds an explainer for a {config.model['class']} with architecture "
             f"fingerprint {expected}, but the explained model is a {type(model).__qualname__} with "
             f"fingerprint {actual}"
             + (
@@ -729,53 +658,47 @@ def _check_same_model(
             )
         )
     # checkpoints from before the layout was recorded are checked on their weights' shapes alone
-    expected_layout, actual_layout = config["model"].get("layout"), layout_fingerprint(model)
+    expected_layout, actual_layout = config.model.get("layout"), layout_fingerprint(model)
     if expected_layout is not None and expected_layout != actual_layout:
         raise ValueError(
-            f"`path` {str(path)!r} holds an explainer for a {config['model']['class']} whose weights fit the "
+            f"`path` {str(path)!r} holds an explainer for a {config.model['class']} whose weights fit the "
             f"explained model but whose layers differ in kernel, stride, padding or dilation (layout "
             f"fingerprint {expected_layout}, the model's {actual_layout})"
         )
 
 
-def _transferred_config(path: Any, config: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+def _transferred_config(path: Any, config: ExplainerCfg, model: nn.Module) -> ExplainerCfg:
     """The config of a checkpoint made for another model, now recorded for ``model``."""
-    theirs, ours = config.get("normalization"), normalization_of(model)
-    if theirs is not None and ours is not None and [list(v) for v in ours] != theirs:
+    theirs, ours = config.normalization, normalization_of(model)
+    if theirs is not None and ours is not None and ours != theirs:
         raise ValueError(
             f"`path` {str(path)!r}: transfer needs the models to take the same normalisation; the explainer's "
-            f"is {theirs}, the explained model's {[list(v) for v in ours]}"
+            f"is {[list(v) for v in theirs]}, the explained model's {[list(v) for v in ours]}"
         )
     if theirs is not None and ours is None:
-        warnings.warn(
-            f"transfer of {str(path)!r}: the explained model records no normalisation; the explainer expects {theirs}",
-            stacklevel=3,
+        warn_user(
+            f"transfer of {str(path)!r}: the explained model records no normalisation; the explainer "
+            f"expects {[list(v) for v in theirs]}"
         )
-    classes = config.get(
-        "num_classes"
-    )  # a class-conditioned head has a row per class of the first model
+    classes = config.num_classes  # a class-conditioned head has a row per class of the first model
     if classes is not None and classes != getattr(model, "num_classes", classes):
         raise ValueError(
             f"`path` {str(path)!r}: its explainer reads the class ({classes} classes); the explained model has {model.num_classes}"
         )
-    return dict(config, model=_model_record(model), transfer_from=config["model"])
+    return replace(config, model=_model_record(model), transfer_from=config.model)
 
 
-def _rebuilt_backbone_source(path: Any, config: dict[str, Any]) -> dict[str, Any]:
+def _rebuilt_backbone_source(path: Any, config: ExplainerCfg) -> BackboneCfg:
     """A copied backbone as the timm model it copied (its weights are in the checkpoint)."""
-    source, made_for = config["backbone"], config["transfer_from"]
-    if source["source"] != "copy":
+    source, made_for = config.backbone, cast(dict[str, Any], config.transfer_from)
+    if source.source != "copy":
         return source
     if "architecture" not in made_for:
         raise ValueError(
             f"`path` {str(path)!r}: its backbone copies a {made_for['class']} whose timm architecture is not recorded, so it "
             "cannot be rebuilt to explain another model; re-make the checkpoint with a timm model"
         )
-    keeps_classifier = (
-        config["features"]["access"] != "forward_features"
-    )  # a hooked backbone is the whole model
-    return {
-        "source": "timm",
-        "name": made_for["architecture"],
-        "kwargs": {"num_classes": made_for["num_classes"]} if keeps_classifier else {},
-    }
+    # a hooked backbone is the whole model, classifier included
+    keeps_classifier = config.features.access != "forward_features"
+    kwargs = {"num_classes": made_for["num_classes"]} if keeps_classifier else {}
+    return BackboneCfg("timm", made_for["architecture"], kwargs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,9 @@ import torch
 from torch import Tensor, nn
 
 from ._base import MapAttribution
+from ._explainer_cfg import check_rate
+from ._finetuning import Finetuning, FinetuningPath
+from ._maps import flat_rows
 from ._model import (
     black_in_input_space,
     check_normalization,
@@ -23,10 +25,10 @@ from ._validation import (
     check_images,
     check_positive_int,
     select_rows,
+    warn_user,
 )
-from .explainer import FINETUNED_PARTS, Explainer, FinetuningCfg
-from .metrics.perturbation import perturbation_auc
-from .objective import DEFAULT_FINETUNING_OBJECTIVE, LTXObjective, blurred
+from .explainer import Explainer, FinetuningCfg
+from .objective import DEFAULT_FINETUNING_OBJECTIVE, LTXObjective
 
 DEFAULT_LR = 2e-3
 FRESH_HEAD_STEP = 1.0
@@ -118,6 +120,10 @@ class LTXAttribution(MapAttribution):
 
     name = "LTX"
     batched = True  # images are explained independently inside (batch_size chunks, own parameters)
+    flat_map_hint = (
+        "the explainer's mask is (nearly) uniform for this model: pretrain an explainer for it "
+        "(captum_ltx.pretrain) rather than finetune a fresh head"
+    )
 
     def __init__(
         self,
@@ -148,10 +154,7 @@ class LTXAttribution(MapAttribution):
             ("mask_weight", mask_weight),
             ("weight_decay", weight_decay),
         ):
-            if value is not None and (
-                not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
-            ):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+            check_rate(value, name)
         self.weight_decay = float(weight_decay)
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
@@ -171,23 +174,12 @@ class LTXAttribution(MapAttribution):
         self.backbone_lr: float | None = None
         if self.explainer is not None:
             self._resolve_rates(self.explainer)
-        self.finetune = check_choice(
-            finetune if finetune is not None else (chosen.finetune or "all"),
-            "finetune",
-            FINETUNED_PARTS,
-        )
-        patience = patience if patience is not None else chosen.patience
-        self.patience = None if patience is None else check_positive_int(patience, "patience")
-        self.finetune_steps = check_positive_int(
-            finetune_steps
-            if finetune_steps is not None
-            else (
-                chosen.finetune_steps
-                if chosen.finetune_steps is not None
-                else DEFAULT_FINETUNE_STEPS
-            ),
-            "finetune_steps",
-            allow_zero=True,
+        # validated as a record is; the defaults where neither says
+        given = chosen.over(finetune=finetune, patience=patience, finetune_steps=finetune_steps)
+        self.finetune: str = given.finetune or "all"
+        self.patience: int | None = given.patience
+        self.finetune_steps: int = (
+            given.finetune_steps if given.finetune_steps is not None else DEFAULT_FINETUNE_STEPS
         )
         self.objective = _finetuning_objective(
             self.explainer, chosen, objective, mask_weight, counterfactual
@@ -216,12 +208,27 @@ class LTXAttribution(MapAttribution):
         )
         if self.explainer is not None:
             check_images(x, channels=self.explainer.input_size[0])
+            _warn_if_much_smaller(x, self.explainer.input_size)
         objective = (
             self.objective
             if baselines is None
             else dataclasses.replace(self.objective, baseline="black")
         )
         return {"steps": steps, "objective": objective}
+
+    def _warn_if_uninformative(self, maps: Tensor) -> None:
+        """Also a mask that is not flat but empty or saturated: it keeps nothing or everything."""
+        super()._warn_if_uninformative(maps)
+        values, told = maps.flatten(1), flat_rows(maps)
+        for rows, what, hint in (
+            (values.amax(dim=1) < 0.05, "empty (below 0.05 everywhere)", self.flat_map_hint),
+            (values.amin(dim=1) > 0.95, "saturated (above 0.95 everywhere)", "raise mask_weight"),
+        ):
+            rows &= ~told
+            if rows.any():
+                warn_user(
+                    f"LTX: the mask of input(s) {rows.nonzero()[:, 0].tolist()} is {what}; {hint}"
+                )
 
     def _default_baseline(self, x: Tensor) -> Tensor:
         """Black in pixel space (the normalised value of 0)."""
@@ -245,19 +252,34 @@ class LTXAttribution(MapAttribution):
             with torch.no_grad():
                 return work(x, *args, target=target)
         size = self.batch_size or _default_batch_size(x, self.finetune)
-        return torch.cat(
-            [
-                self._finetune(
-                    work,
-                    x[rows],
-                    target[rows],
-                    baseline[rows],
-                    select_rows(args, rows, batch),
-                    steps,
-                    objective,
-                )
-                for rows in (slice(i, i + size) for i in range(0, batch, size))
-            ]
+        finetuning = self._finetuning()
+        paths = [
+            finetuning.run(
+                work,
+                x[rows],
+                target[rows],
+                baseline[rows],
+                select_rows(args, rows, batch),
+                steps,
+                objective,
+            )
+            for rows in (slice(i, i + size) for i in range(0, batch, size))
+        ]
+        FinetuningPath.warn_if_unchanged(paths)
+        return torch.cat([path.result() for path in paths])
+
+    def _finetuning(self) -> Finetuning:
+        assert self.lr is not None and self.backbone_lr is not None  # resolved with the explainer
+        return Finetuning(
+            self.forward_func,
+            part=self.finetune,
+            lr=self.lr,
+            backbone_lr=self.backbone_lr,
+            weight_decay=self.weight_decay,
+            selection=self.selection,
+            patience=self.patience,
+            pos_auc_early_stop=self.pos_auc_early_stop,
+            autocast=self.autocast,
         )
 
     def _working_explainer(self, x: Tensor, probe_args: tuple[Any, ...]) -> Explainer:
@@ -300,131 +322,6 @@ class LTXAttribution(MapAttribution):
             chosen.backbone_lr if chosen.backbone_lr is not None else default_backbone
         )
         self.backbone_lr = float(backbone_lr if backbone_lr is not None else recorded_backbone)
-
-    def _finetune(
-        self,
-        work: Explainer,
-        x: Tensor,
-        target: Tensor,
-        fill: Tensor,
-        args: tuple[Any, ...],
-        steps: int,
-        objective: LTXObjective,
-    ) -> Tensor:
-        """Finetunes one copy of the explainer's trained parameters per image of ``x``, all together.
-
-        AdamW is elementwise, so one optimiser over parameters stacked along a new first dimension
-        makes the very updates that one optimiser per image would; the images meet only in the
-        explained model's forward, which in eval mode treats each row on its own.
-        """
-        n = x.shape[0]
-        trained = {
-            name: p
-            for name, p in work.named_parameters()
-            if self.finetune == "all" or not name.startswith("backbone.")
-        }
-        copies = {
-            name: p.detach().unsqueeze(0).repeat(n, *([1] * p.dim())).requires_grad_(True)
-            for name, p in trained.items()
-        }
-        assert self.lr is not None  # resolved with the explainer, before any finetuning
-        groups: list[dict[str, Any]] = [
-            {
-                "params": [p for name, p in copies.items() if not name.startswith("backbone.")],
-                "lr": self.lr,
-            }
-        ]
-        if self.finetune == "all":
-            groups.append(
-                {
-                    "params": [p for name, p in copies.items() if name.startswith("backbone.")],
-                    "lr": self.backbone_lr,
-                }
-            )
-        params = [p for g in groups for p in g["params"]]
-        optimizer = torch.optim.AdamW(
-            groups, lr=self.lr, weight_decay=self.weight_decay, fused=_fused_adamw(x)
-        )
-        blur = blurred(x) if objective.baseline in ("blur", "mix") else None
-        features = None
-        if (
-            self.finetune == "head"
-        ):  # the backbone is fixed: its features once per image, no backward through it
-            with torch.no_grad(), self._precision(x):
-                features = work.features(x, *args)
-        path = _FinetuningPath(self.selection, n, self.patience, self.pos_auc_early_stop)
-        with torch.enable_grad():
-            for step in range(steps + 1):
-                with self._precision(x):
-                    mask, low_res = self._masks(work, copies, x, target, args, features)
-                    losses = objective(
-                        self.forward_func, x, mask, low_res, target, fill, args, blurred_input=blur
-                    )
-                mask = mask.to(x.dtype)
-                score = (
-                    self._pos_auc(mask, x, target, fill, args)
-                    if self.selection == "pos_auc"
-                    else losses.detach()
-                )
-                path.see(mask.detach(), losses.detach(), score)
-                if step == steps or path.finished:
-                    break
-                # autograd.grad rather than backward(): nothing accumulates in the explained model's .grad.
-                for p, g in zip(
-                    params, torch.autograd.grad(losses.sum(), params, allow_unused=True)
-                ):
-                    p.grad = g
-                optimizer.step()
-        return path.result()
-
-    @staticmethod
-    def _masks(
-        work: Explainer,
-        copies: dict[str, Tensor],
-        x: Tensor,
-        target: Tensor,
-        args: tuple[Any, ...],
-        features: tuple[Tensor, list[Tensor]] | None,
-    ) -> tuple[Tensor, Tensor]:
-        """Each image's mask from its own copy of the trained parameters."""
-        n = x.shape[0]
-        masks = []
-        for i in range(n):
-            own = {name: p[i] for name, p in copies.items()}
-            row_features = (
-                None
-                if features is None
-                else (features[0][i : i + 1], [f[i : i + 1] for f in features[1]])
-            )
-            masks.append(
-                torch.func.functional_call(
-                    work,
-                    own,
-                    (x[i : i + 1], *select_rows(args, slice(i, i + 1), n)),
-                    {"target": target[i : i + 1], "return_low_res": True, "features": row_features},
-                )
-            )
-        return torch.cat([m for m, _ in masks]), torch.cat([low for _, low in masks])
-
-    def _precision(self, x: Tensor) -> Any:
-        return torch.autocast(
-            device_type=x.device.type, dtype=torch.bfloat16, enabled=self.autocast
-        )
-
-    def _pos_auc(
-        self, mask: Tensor, x: Tensor, target: Tensor, fill: Tensor, args: tuple[Any, ...]
-    ) -> Tensor:
-        auc = perturbation_auc(
-            self.forward_func,
-            x,
-            mask.detach(),
-            target,
-            order="positive",
-            baseline=fill,
-            additional_forward_args=args or None,
-        )
-        assert isinstance(auc, Tensor)  # no curves asked for
-        return auc
 
 
 def _pretrained_explainer(
@@ -483,76 +380,15 @@ def _default_batch_size(x: Tensor, finetune: str) -> int:
     return 8 if finetune == "head" else 1
 
 
-def _fused_adamw(x: Tensor) -> bool | None:
-    """AdamW's fused kernel where torch has one (3.8x the for-loop's step on CPU, issue 21); the same
-    arithmetic per element, so it changes no result beyond rounding. ``None``: torch's default."""
-    if x.device.type in ("cpu", "cuda") and x.dtype in (torch.float32, torch.float64):
-        return True
-    return None
-
-
-class _FinetuningPath:
-    """Per image, the mask chosen among those seen along finetuning, and whether its finetuning stopped.
-
-    An image stops when ``selection="pos_auc"`` sees a score below ``pos_auc_early_stop``, or when its
-    objective has not improved for ``patience`` steps; what it is given after that is never looked at,
-    so an image finetuned among others gets the mask it would get alone.
-    """
-
-    def __init__(
-        self, selection: str, n: int, patience: int | None, pos_auc_early_stop: float
-    ) -> None:
-        self.selection, self.patience, self.pos_auc_early_stop = (
-            selection,
-            patience,
-            pos_auc_early_stop,
+def _warn_if_much_smaller(x: Tensor, input_size: tuple[int, ...]) -> None:
+    """An explainer sees a much smaller image than it learned on as a few of its own pixels."""
+    height, width = input_size[-2:]
+    if x.shape[-2] * 2 <= height or x.shape[-1] * 2 <= width:
+        warn_user(
+            f"LTX: inputs of {x.shape[-2]}x{x.shape[-1]} pixels are much smaller than the "
+            f"{height}x{width} the explainer was made for, so its mask loses its detail; resize them "
+            f"to {height}x{width} (as the model's own transform does)"
         )
-        self.active = torch.ones(n, dtype=torch.bool)
-        self.best_score = torch.full((n,), math.inf, dtype=torch.float64)
-        self.best_loss = torch.full((n,), math.inf, dtype=torch.float64)
-        self.since_best_loss = torch.zeros(n, dtype=torch.long)
-        self.seen = torch.zeros(n, dtype=torch.long)
-        self.chosen: Tensor | None = None
-        self.mask_sum: Tensor | None = None
-
-    def see(self, mask: Tensor, loss: Tensor, score: Tensor) -> None:
-        active = self.active
-        loss, score = loss.double().cpu(), score.double().cpu()
-        if self.selection in ("loss", "pos_auc"):
-            take = active & (score < self.best_score)
-            self.best_score = torch.where(take, score, self.best_score)
-        else:  # "last", and "mean" keeps the last too for its shape
-            take = active
-        rows = take.to(mask.device).view(-1, *([1] * (mask.dim() - 1)))
-        self.chosen = mask.clone() if self.chosen is None else torch.where(rows, mask, self.chosen)
-        if self.selection == "mean":
-            kept = active.to(mask.device).view_as(rows)
-            self.mask_sum = torch.where(kept, mask, 0) + (
-                0 if self.mask_sum is None else self.mask_sum
-            )
-        self.seen += active.long()
-        improved = loss < self.best_loss
-        self.best_loss = torch.where(active & improved, loss, self.best_loss)
-        self.since_best_loss = torch.where(improved, 0, self.since_best_loss + 1)
-        stop = torch.zeros_like(active)
-        if self.patience is not None:
-            stop |= self.since_best_loss >= self.patience
-        if self.selection == "pos_auc":
-            stop |= score < self.pos_auc_early_stop
-        self.active = active & ~stop
-
-    @property
-    def finished(self) -> bool:
-        return not bool(self.active.any())
-
-    def result(self) -> Tensor:
-        assert self.chosen is not None
-        if self.selection == "mean":
-            assert self.mask_sum is not None
-            return self.mask_sum / self.seen.to(self.mask_sum).view(
-                -1, *([1] * (self.mask_sum.dim() - 1))
-            )
-        return self.chosen
 
 
 LTX = LTXAttribution

@@ -7,7 +7,6 @@ import copy
 import dataclasses
 import json
 import os
-import warnings
 from collections.abc import Sized
 from typing import Any, cast
 
@@ -27,7 +26,7 @@ from ._model import (
     normalization_of,
     num_classes_of,
 )
-from ._validation import check_choice, check_images, check_positive_int
+from ._validation import check_choice, check_images, check_positive_int, warn_user
 from .explainer import Explainer
 from .metrics.perturbation import perturbation_auc
 from .objective import DEFAULT_FINETUNING_OBJECTIVE, DEFAULT_PRETRAINING_OBJECTIVE, LTXObjective
@@ -441,6 +440,28 @@ def _lr_factor(cfg: PretrainingCfg, total_steps: int) -> Any:
     return factor
 
 
+def _optimizer(
+    explainer: Explainer, cfg: PretrainingCfg, train_size: int, world: int
+) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the explainer's trainable weights and its warm-up-then-decay schedule."""
+    optimizer = torch.optim.AdamW(
+        [p for p in explainer.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = -(-_shard_size(train_size, world) // cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch)
+    )
+    total_images = cfg.epochs * _shard_size(train_size, world) * world
+    if any(n > total_images for n in cfg.snapshots):
+        warn_user(
+            f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's "
+            f"{total_images} images; never written"
+        )
+    return optimizer, scheduler
+
+
 def _start(
     model: nn.Module,
     train_set: Dataset,
@@ -471,24 +492,10 @@ def _start(
             device_ids=[device] if device.type == "cuda" else None,
             find_unused_parameters=True,
         )
-    optimizer = torch.optim.AdamW(
-        [p for p in explainer.parameters() if p.requires_grad],
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-    )
-    steps_per_epoch = -(-_shard_size(_size(train_set), world) // cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_factor(cfg, cfg.epochs * steps_per_epoch)
-    )
+    optimizer, scheduler = _optimizer(explainer, cfg, _size(train_set), world)
     settings = _recorded_settings(
         cfg, objective, world, _size(train_set), _size(val_set) if val_set is not None else 0
     )
-    total_images = cfg.epochs * _shard_size(_size(train_set), world) * world
-    if any(n > total_images for n in cfg.snapshots):
-        warnings.warn(
-            f"`snapshots` {[n for n in cfg.snapshots if n > total_images]} exceed the run's {total_images} images; never written",
-            stacklevel=3,
-        )
     run = _Run(
         cfg,
         model,

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -15,11 +16,17 @@ REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # its 
 from conftest import IMAGE, NUM_CLASSES, assert_unchanged, plain_cnn, snapshot, tiny_cnn, tiny_vit
 
 
+def rewrite_config(folder, **changes):
+    """Writes ``changes`` into a saved checkpoint's config.json, bypassing the checks a user meets."""
+    path = folder / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 @pytest.mark.parametrize("make", [tiny_vit, tiny_cnn, plain_cnn], ids=["vit", "cnn", "plain"])
 def test_round_trip(make, tmp_path, images):
     model = make()
     explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE), seed=3)
-    explainer.config["training"] = {"epochs": 1}
+    explainer.record(training={"epochs": 1})
     explainer.save(tmp_path / "ckpt")
     assert sorted(os.listdir(tmp_path / "ckpt")) == ["config.json", "explainer.safetensors"]
     loaded = Explainer.load(tmp_path / "ckpt", model)
@@ -135,7 +142,7 @@ def test_timm_model_edits_are_recorded_and_checked(tmp_path):
 def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden(tmp_path):
     model = tiny_cnn()
     explainer = Explainer.from_model(model)
-    explainer.config["finetuning"] = {"lr": 3e-5, "mask_weight": 10.0, "finetune_steps": 50}
+    explainer.record_finetuning(lr=3e-5, mask_weight=10.0, finetune_steps=50)
     explainer.save(tmp_path / "e")
     recorded = LTX(model, str(tmp_path / "e"))
     assert recorded.lr == 3e-5 and recorded.objective.mask_weight == 10.0 and recorded.finetune_steps == 50
@@ -148,18 +155,18 @@ def test_finetuning_settings_recorded_in_a_checkpoint_are_used_unless_overridden
     assert fresh.objective == DEFAULT_FINETUNING_OBJECTIVE and fresh.finetune_steps == 25
     assert DEFAULT_FINETUNING_OBJECTIVE != LTXObjective() and DEFAULT_FINETUNING_OBJECTIVE.mask_weight == 3.0
     # pretrained before objectives were recorded: the reference objective it was made with, unchanged
-    explainer.config["training"] = {"mask_weight": 10.0, "lr": 2e-4}
+    explainer.record(training={"mask_weight": 10.0, "lr": 2e-4})
     explainer.save(tmp_path / "old")
     assert LTX(model, str(tmp_path / "old")).objective == LTXObjective(mask_weight=10.0)
-    del explainer.config["training"]
+    explainer.record(training={})
     fresh.attribute(torch.randn(1, 3, 32, 32), target=0, finetune_steps=0)  # the head is made at the first call
     channels = fresh.explainer.config["features"]["channels"]
     assert fresh.lr == FRESH_HEAD_STEP / channels and fresh.backbone_lr == FRESH_BACKBONE_LR
-    explainer.config["finetuning"] = {"lr": 3e-5, "mask_weight": 10.0, "objective": {"mask_weight": 1.0, "complement_weight": 2.0}}
+    explainer.record_finetuning(objective={"mask_weight": 1.0, "complement_weight": 2.0})
     explainer.save(tmp_path / "objective")
     assert LTX(model, str(tmp_path / "objective")).objective == LTXObjective(mask_weight=1.0, complement_weight=2.0)
-    explainer.config["finetuning"] = {"finetune_steps": -1}
     explainer.save(tmp_path / "bad")
+    rewrite_config(tmp_path / "bad", finetuning={"finetune_steps": -1})
     with pytest.raises(ValueError, match="`finetune_steps` must be an int >= 0, got -1"):
         LTX(model, str(tmp_path / "bad"))
 
@@ -171,7 +178,7 @@ def test_shipped_checkpoints_fit_together():
     assert sum(map(os.path.getsize, shipped)) < 30 * 2**20  # every shipped checkpoint together (not training work)
     lite0 = json.load(open(os.path.join(SHIPPED_DIR, "efficientnet_lite0-ltx", "config.json")))
     # chosen on validation: the default finetuning objective at the pretraining's mask weight (issue 19),
-    # the whole explainer for half the steps at 3x the reference lr (issue 21, benchmarks/finetune_tradeoff.py)
+    # the whole explainer for half the steps at 3x the reference lr (issue 21, benchmarks/tuning/finetune_tradeoff.py)
     objective = dataclasses.replace(DEFAULT_FINETUNING_OBJECTIVE, mask_weight=10.0).to_config()
     assert lite0["finetuning"] == {"finetune": "all", "finetune_steps": 12, "lr": 9e-5, "objective": objective}
     assert lite0["feature_norm"] == "layer" and lite0["training"]["objective"] == {"baseline": "mix"}
@@ -317,14 +324,17 @@ def test_an_explainer_by_name_or_folder_and_a_clear_error_for_neither(tmp_path):
         Explainer.from_pretrained("fashion_vit", model)  # a shipped name for another model is refused like a folder
 
 
-def test_finetuning_records_are_typed_validated_on_load_and_round_trip_every_shipped_checkpoint(tmp_path):
+def test_configs_are_typed_validated_on_load_and_round_trip_every_shipped_checkpoint(tmp_path):
     from captum_ltx import available_explainers
     from captum_ltx._shipped import explainer_folder
-    from captum_ltx.explainer import FinetuningCfg
+    from captum_ltx.explainer import ExplainerCfg, FinetuningCfg
 
     for name in available_explainers():
-        recorded = Explainer.read_config(explainer_folder(name))["finetuning"]
-        assert FinetuningCfg.from_config(recorded).to_config() == recorded, name
+        recorded = json.loads((Path(explainer_folder(name)) / "config.json").read_text())
+        cfg = Explainer.read_config(explainer_folder(name))
+        assert isinstance(cfg, ExplainerCfg) and cfg.to_json() == recorded, name  # every key, unchanged
+        assert ExplainerCfg.from_json(cfg.to_json()) == cfg
+        assert FinetuningCfg.from_config(recorded["finetuning"]) == cfg.finetuning
     model = tiny_cnn()
     explainer = Explainer.from_model(model, input_size=(3, IMAGE, IMAGE))
     explainer.record_finetuning(lr=1e-3, finetune_steps=4)
@@ -334,7 +344,19 @@ def test_finetuning_records_are_typed_validated_on_load_and_round_trip_every_shi
                          ({"mask_weight": "10"}, "`mask_weight` must be a finite number >= 0"),
                          ({"finetune": "backbone"}, "`finetune` must be one of"),
                          ({"steps": 3}, r"unknown finetuning settings \['steps'\]")):
-        explainer.config["finetuning"] = bad
         explainer.save(tmp_path / "bad")
+        rewrite_config(tmp_path / "bad", finetuning=bad)
         with pytest.raises(ValueError, match=message):
             Explainer.load(tmp_path / "bad", model)
+    for bad, message in (({"head": "deconv"}, "`head` must be one of"),
+                         ({"features": {"access": "hook"}}, "`features.layer` must name the hooked module"),
+                         ({"mask_prior": 2.0}, "`mask_prior` must be a number in"),
+                         ({"colour": "red"}, r"unknown explainer settings \['colour'\]"),
+                         ({"format_version": 2}, "format version 2 is not supported")):
+        explainer.save(tmp_path / "bad")
+        rewrite_config(tmp_path / "bad", finetuning={}, **bad)
+        with pytest.raises(ValueError, match=message):
+            Explainer.load(tmp_path / "bad", model)
+    copy = explainer.config
+    copy["head"], copy["training"]["epochs"] = "mlp", 99  # the config property is a copy
+    assert explainer.config["head"] == "conv" and explainer.config["training"] == {}

@@ -141,10 +141,10 @@ def test_every_selection_mode_with_the_counterfactual_objective_leaves_the_model
 
 
 def _walk(selection, losses, scores=None, patience=None, early_stop=6.0):
-    """The mask _FinetuningPath picks for one image shown masks 0, 1, 2, ... (mask k is filled with k)."""
-    from captum_ltx.ltx import _FinetuningPath
+    """The mask FinetuningPath picks for one image shown masks 0, 1, 2, ... (mask k is filled with k)."""
+    from captum_ltx._finetuning import FinetuningPath
 
-    path = _FinetuningPath(selection, 1, patience, early_stop)
+    path = FinetuningPath(selection, 1, patience, early_stop)
     for k, loss in enumerate(losses):
         score = loss if scores is None else scores[k]
         path.see(torch.full((1, 1, 2, 2), float(k)), torch.tensor([loss]), torch.tensor([score]))
@@ -272,7 +272,7 @@ def test_patience_stops_an_image_whose_objective_stalls(images):
 def test_finetuning_settings_recorded_in_the_checkpoint_are_used(tmp_path, images):
     ltx = LTX(tiny_cnn(), finetune_steps=0)
     ltx.attribute(images[:1], target=1)
-    ltx.explainer.config["finetuning"] = {"finetune": "head", "patience": 2, "finetune_steps": 4, "lr": 1e-3}
+    ltx.explainer.record_finetuning(finetune="head", patience=2, finetune_steps=4, lr=1e-3)
     ltx.explainer.save(tmp_path / "ckpt")
     loaded = LTX(ltx.forward_func, str(tmp_path / "ckpt"))
     assert (loaded.finetune, loaded.patience, loaded.finetune_steps, loaded.lr) == ("head", 2, 4, 1e-3)

@@ -116,20 +116,7 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
         "| method | " + " | ".join(f"{m} {'↑' if METRICS[m][0] else '↓'}" for m in present) + " |",
     ]
     lines.append("|---" * (len(present) + 1) + "|")
-    for meth in methods:
-        cells = []
-        for m in present:
-            v = np.asarray(values[meth].get(m, []), dtype=float)
-            if len(v) == 0:
-                cells.append("")
-                continue
-            digits = 1 if m in PERCENT_SCALE else 3
-            if len(v) < 2:  # no interval from one image
-                cells.append(f"{v.mean():.{digits}f} ({len(v)})")
-                continue
-            low, high = bootstrap_interval(v)
-            cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
-        lines.append(f"| {meth} | " + " | ".join(cells) + " |")
+    lines += [f"| {meth} | " + " | ".join(_cells(values[meth], present)) + " |" for meth in methods]
     lines += ["", "Metrics:"] + [
         f"- `{m}` ({'higher' if METRICS[m][0] else 'lower'} is better): {METRICS[m][1]}"
         for m in present
@@ -139,6 +126,22 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
         f.write("\n".join(lines) + "\n")
     _plot_curves(records, methods, os.path.join(out_dir, "curves.png"))
     return path
+
+
+def _cells(values: dict[str, list[float]], metrics: list[str]) -> list[str]:
+    """One method's row: each metric's mean [95% bootstrap interval] (n images)."""
+    cells = []
+    for m in metrics:
+        v = np.asarray(values.get(m, []), dtype=float)
+        digits = 1 if m in PERCENT_SCALE else 3
+        if len(v) == 0:
+            cells.append("")
+        elif len(v) < 2:  # no interval from one image
+            cells.append(f"{v.mean():.{digits}f} ({len(v)})")
+        else:
+            low, high = bootstrap_interval(v)
+            cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
+    return cells
 
 
 def _commands(out_dir: str, command: str | None) -> list[str]:

