@@ -385,18 +385,21 @@ def benchmark(args: argparse.Namespace, argv: list[str]) -> None:
     except ValueError as e:
         raise SystemExit(f"`--track` {args.track!r}: {str(e).splitlines()[0]}") from None
     plan = method_plan(names, options)
-    summary = run_benchmark(
-        model,
-        samples,
-        plan,
-        args.out,
-        model_name=args.model,
-        track=args.track,
-        rise_steps=args.rise_steps,
-        sanity=not args.no_sanity,
-        sanity_limit=args.sanity_limit,
-        resume=not args.restart,
-    )
+    try:
+        summary = run_benchmark(
+            model,
+            samples,
+            plan,
+            args.out,
+            model_name=args.model,
+            track=args.track,
+            rise_steps=args.rise_steps,
+            sanity=not args.no_sanity,
+            sanity_limit=args.sanity_limit,
+            resume=not args.restart,
+        )
+    except ValueError as e:  # e.g. a run in --out that this one cannot continue
+        raise SystemExit(f"benchmark: {str(e).splitlines()[0]}") from None
     if rank_and_world()[0] == 0:
         summarise(args.out, command=" ".join(shlex.quote(a) for a in argv))
         print(open(summary).read())

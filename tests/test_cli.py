@@ -148,6 +148,9 @@ def test_benchmark_on_a_folder_of_your_images(small_timm_weights, tmp_path):
     assert "| gradcam |" in (out / "summary.md").read_text()
     assert _one_line_error(["benchmark", "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"), "--track",
                             str(folder / "photos"), "--split", "val", "--out", str(out)]).startswith("`--split` applies to the named tracks only")
+    other_images = ["benchmark", "--model", "resnet18", "--weights", str(folder / "resnet18.safetensors"), "--track",
+                    str(folder / "photos"), "--methods", "gradcam", "--no-sanity", "--limit", "1", "--out", str(out)]
+    assert "holds a run with other images or settings" in _one_line_error(other_images)
 
 
 def test_pretrain_on_a_folder_for_any_timm_model_then_explain_with_it(small_timm_weights, tmp_path, capsys):
