@@ -57,7 +57,6 @@ class MapAttribution(GradientAttribution):
     families: tuple[str, ...] = FAMILIES
     batched = False
     name = "Map"
-    flat_map_hint = FLAT_MAP_HINT
 
     def __init__(
         self,
@@ -155,7 +154,11 @@ class MapAttribution(GradientAttribution):
 
     def _warn_if_uninformative(self, maps: Tensor) -> None:
         """Warns when a map (B, 1, h, w), before normalisation, cannot rank pixels."""
-        warn_if_flat(maps, self.get_name(), self.flat_map_hint)
+        warn_if_flat(maps, self.get_name(), self._flat_map_hint())
+
+    def _flat_map_hint(self) -> str:
+        """What a flat map of this method suggests."""
+        return FLAT_MAP_HINT
 
     def _call_options(self, x: Tensor, baselines: Any, **options: Any) -> dict[str, Any]:
         """Checks a call's own options (none here) and returns what :meth:`_maps` takes of them."""

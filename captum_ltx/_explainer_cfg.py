@@ -308,7 +308,7 @@ class ExplainerCfg:
             ) from None
         try:
             return cls.from_json(recorded)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, KeyError, IndexError) as e:
             raise ValueError(f"`path` {str(path)!r}: {CONFIG_NAME} is invalid: {e}") from None
 
     def to_json(self) -> dict[str, Any]:

@@ -211,16 +211,20 @@ class FinetuningPath:
         if not unchanged.any():
             return
         first = paths[0]
-        stopped = any(bool((p.unchanged() & (p.seen == 1)).any()) for p in paths)
-        why = (
-            f"its POS-AUC was already below pos_auc_early_stop={first.pos_auc_early_stop}, "
-            "which stops finetuning"
-            if first.selection == "pos_auc" and stopped
-            else "no later mask scored better"
+        stopped = 0
+        if first.selection == "pos_auc":
+            stopped = sum(int((p.unchanged() & (p.seen == 1)).sum()) for p in paths)
+        unchanged_count = int(unchanged.sum())
+        why = [
+            f"{stopped} scored below pos_auc_early_stop={first.pos_auc_early_stop} at once, which "
+            "stops finetuning"
+        ] * bool(stopped)
+        why += [f"{unchanged_count - stopped} found no later mask scoring better"] * bool(
+            unchanged_count - stopped
         )
         warn_user(
-            f"LTX: {int(unchanged.sum())} of {len(unchanged)} image(s) got the explainer's mask "
-            f"before any finetuning (pLTX): with selection={first.selection!r}, {why}"
+            f"LTX: {unchanged_count} of {len(unchanged)} image(s) got the explainer's mask before "
+            f"any finetuning (pLTX): with selection={first.selection!r}, {' and '.join(why)}"
         )
 
     @property

@@ -9,7 +9,10 @@ from ._validation import warn_user
 
 # a map whose values all lie within this fraction of its largest magnitude ranks no pixel above another
 FLAT_SPAN = 0.01
-FLAT_MAP_HINT = "the model's output does not depend on the input as the method probes it (an untrained or saturated model?)"
+FLAT_MAP_HINT = (
+    "the model's output does not depend on the input as the method probes it (an untrained or "
+    "saturated model, or a class with no evidence in the image?)"
+)
 
 
 def to_map(attributions: Tensor) -> Tensor:

@@ -530,7 +530,7 @@ class Explainer(nn.Module):
             raise ValueError(
                 f"unknown checkpoint records {unknown}; expected 'training' or 'command'"
             )
-        self.cfg = replace(self.cfg, **facts)
+        self.cfg = replace(self.cfg, **copy.deepcopy(facts))
 
     @property
     def finetuning(self) -> FinetuningCfg:

@@ -120,10 +120,6 @@ class LTXAttribution(MapAttribution):
 
     name = "LTX"
     batched = True  # images are explained independently inside (batch_size chunks, own parameters)
-    flat_map_hint = (
-        "the explainer's mask is (nearly) uniform for this model: pretrain an explainer for it "
-        "(captum_ltx.pretrain) rather than finetune a fresh head"
-    )
 
     def __init__(
         self,
@@ -221,7 +217,7 @@ class LTXAttribution(MapAttribution):
         super()._warn_if_uninformative(maps)
         values, told = maps.flatten(1), flat_rows(maps)
         for rows, what, hint in (
-            (values.amax(dim=1) < 0.05, "empty (below 0.05 everywhere)", self.flat_map_hint),
+            (values.amax(dim=1) < 0.05, "empty (below 0.05 everywhere)", self._flat_map_hint()),
             (values.amin(dim=1) > 0.95, "saturated (above 0.95 everywhere)", "raise mask_weight"),
         ):
             rows &= ~told
@@ -229,6 +225,17 @@ class LTXAttribution(MapAttribution):
                 warn_user(
                     f"LTX: the mask of input(s) {rows.nonzero()[:, 0].tolist()} is {what}; {hint}"
                 )
+
+    def _flat_map_hint(self) -> str:
+        if self.explainer is not None and self.explainer.pretrained:
+            return (
+                "the pretrained explainer keeps nearly the same value everywhere on this input: is "
+                "it like the images it was pretrained on?"
+            )
+        return (
+            "a fresh head on this model's features gives no mask: pretrain an explainer for it "
+            "(captum_ltx.pretrain)"
+        )
 
     def _default_baseline(self, x: Tensor) -> Tensor:
         """Black in pixel space (the normalised value of 0)."""

@@ -102,3 +102,22 @@ def test_adding_a_metric_refuses_a_method_whose_maps_changed(tmp_path):
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ValueError, match="'random' no longer gives the map recorded for 'img0'"):
         run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+
+
+def test_merging_keeps_the_completed_record_whatever_the_files_order(tmp_path):
+    old = {"image": "img0", "method": "random", "metrics": {"adp": 1.0}}
+    completed = {**old, "metrics": {"adp": 1.0, "mufidelity": 0.5}}
+    # rank 2 of an interrupted 3-process run left the old record; a 2-process resume completed it as rank 0
+    (tmp_path / "results.rank0.jsonl").write_text(json.dumps(completed) + "\n")
+    (tmp_path / "results.rank2.jsonl").write_text(json.dumps(old) + "\n")
+    harness._merge_shards(str(tmp_path), samples(1), {"random": {}})
+    assert lines(tmp_path) == [completed] and not list(tmp_path.glob("results.rank*"))
+
+
+def test_a_line_cut_by_an_interruption_does_not_swallow_the_next_record(tmp_path):
+    model = tiny_cnn()
+    run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    first = lines(tmp_path)[0]
+    (tmp_path / "results.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(first)[:40])  # cut mid-line
+    run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
+    assert [(r["image"], r["method"]) for r in lines(tmp_path)] == [("img0", "random"), ("img1", "random")]

@@ -352,7 +352,8 @@ def test_configs_are_typed_validated_on_load_and_round_trip_every_shipped_checkp
                          ({"features": {"access": "hook"}}, "`features.layer` must name the hooked module"),
                          ({"mask_prior": 2.0}, "`mask_prior` must be a number in"),
                          ({"colour": "red"}, r"unknown explainer settings \['colour'\]"),
-                         ({"format_version": 2}, "format version 2 is not supported")):
+                         ({"format_version": 2}, "format version 2 is not supported"),
+                         ({"normalization": [[0.5]]}, "config.json is invalid")):
         explainer.save(tmp_path / "bad")
         rewrite_config(tmp_path / "bad", finetuning={}, **bad)
         with pytest.raises(ValueError, match=message):

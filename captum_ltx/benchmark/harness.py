@@ -33,7 +33,7 @@ from ..metrics import (
     randomized_copy,
     spearman,
 )
-from .report import PERCENT_SCALE, read_records, summarise
+from .report import PERCENT_SCALE, latest_records, read_records, summarise
 from .tracks import Sample
 
 RESULTS = "results.jsonl"
@@ -55,30 +55,32 @@ def _recorded(out_dir: str, world: int) -> list[dict[str, Any]]:
     return [r for n in names for r in read_records(os.path.join(out_dir, n), missing_ok=True)]
 
 
-def _latest(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    """The last record of each (image, method), in the order of each pair's first record: a record
-    completed with new metrics replaces the one it completes."""
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in records:
-        latest[r["image"], r["method"]] = r
-    return latest
+def _end_line(path: str) -> None:
+    """Ends a results file's last line if an interruption cut it, so that the next record appended
+    starts a line of its own (the cut one is skipped when read)."""
+    if os.path.isfile(path) and os.path.getsize(path):
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
 
 def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> None:
     """Appends the ranks' records to ``results.jsonl`` in the order one process writes them (image by
     image, methods in the plan's order), so that a sharded run's files equal a single process's,
-    and keeps one record per (image, method)."""
+    and keeps one record per (image, method) and no line an interruption cut."""
     shards = _shard_files(out_dir)
     position = {s.id: i for i, s in enumerate(samples)}
     rank = {m: i for i, m in enumerate(plan)}
     new = sorted(
         (r for path in shards for r in read_records(path, missing_ok=True)),
-        key=lambda r: (position[r["image"]], rank[r["method"]]),
+        key=lambda r: (position[r["image"]], rank.get(r["method"], len(rank))),
     )
     results = os.path.join(out_dir, RESULTS)
     records = read_records(results, missing_ok=True) + new
-    latest = _latest(records)
-    if len(latest) == len(records) and not shards:
+    latest = latest_records(records)
+    written = sum(1 for _ in open(results)) if os.path.isfile(results) else 0
+    if len(latest) == written and not shards:  # no duplicate, no line cut by an interruption
         return
     with open(results + ".tmp", "w") as f:
         for record in latest.values():
@@ -178,7 +180,7 @@ def run_benchmark(
     barrier()
     run = _Run(model, samples, plan, rise_steps, batch_size)
     checked = {s.id for s in samples[:sanity_limit]} if sanity else set()
-    recorded = _latest(_recorded(out_dir, world))
+    recorded = latest_records(_recorded(out_dir, world))
     todo = [
         (s, m, recorded.get((s.id, m)))
         for s in samples[rank::world]
@@ -187,16 +189,21 @@ def run_benchmark(
     ]
     # under torchrun each process explains every world-th image and writes its own file
     results_path = os.path.join(out_dir, RESULTS if world == 1 else f"results.rank{rank}.jsonl")
-    with open(results_path, "a") as out, eval_mode(model):
-        for sample, label, earlier in tqdm(
-            todo, desc=f"benchmark {model_name} / {track}", disable=not progress
-        ):
-            if earlier is None:
-                record = run.record(sample, label, sanity=sample.id in checked)
-            else:
-                record = run.complete(earlier, sample, label)
-            out.write(json.dumps(record) + "\n")
-            out.flush()
+    _end_line(results_path)
+    try:
+        with open(results_path, "a") as out, eval_mode(model):
+            for sample, label, earlier in tqdm(
+                todo, desc=f"benchmark {model_name} / {track}", disable=not progress
+            ):
+                if earlier is None:
+                    record = run.record(sample, label, sanity=sample.id in checked)
+                else:
+                    record = run.complete(earlier, sample, label)
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+    finally:
+        if world == 1:  # one record per pair in results.jsonl, also when stopped
+            _merge_shards(out_dir, samples, plan)
     barrier()
     if rank == 0:
         _merge_shards(out_dir, samples, plan)

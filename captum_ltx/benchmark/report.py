@@ -80,8 +80,20 @@ def read_records(path: str, missing_ok: bool = False) -> list[dict[str, Any]]:
     return records
 
 
+def latest_records(records: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """One record per (image, method), at the place of the pair's first: the one with the most
+    metrics (a record completed with a new metric over the one it completes), the later on a tie."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        key = (r["image"], r["method"])
+        if key not in latest or len(r["metrics"]) >= len(latest[key]["metrics"]):
+            latest[key] = r
+    return latest
+
+
 def load_results(out_dir: str) -> list[dict[str, Any]]:
-    return read_records(os.path.join(out_dir, "results.jsonl"))
+    """The records of a run, one per (image, method) (:func:`latest_records`)."""
+    return list(latest_records(read_records(os.path.join(out_dir, "results.jsonl"))).values())
 
 
 def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) -> str:
