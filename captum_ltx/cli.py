@@ -265,6 +265,20 @@ def pretrain(args: argparse.Namespace, argv: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
+# PretrainingCfg's fields that `pretrain` takes as they are (--batch-size: args.batch_size, ...)
+PRETRAINING_OPTIONS = (
+    "epochs",
+    "batch_size",
+    "lr",
+    "warmup",
+    "schedule",
+    "target",
+    "seed",
+    "num_workers",
+    "autocast",
+)
+
+
 def _pretraining_cfg(args: argparse.Namespace) -> Any:
     from .pretrain import PretrainingCfg
 
@@ -276,16 +290,7 @@ def _pretraining_cfg(args: argparse.Namespace) -> Any:
         ) from None
     try:
         return PretrainingCfg(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            warmup=args.warmup,
-            schedule=args.schedule,
-            target=args.target,
-            seed=args.seed,
-            snapshots=snapshots,
-            num_workers=args.num_workers,
-            autocast=args.autocast,
+            snapshots=snapshots, **{name: getattr(args, name) for name in PRETRAINING_OPTIONS}
         )
     except ValueError as e:
         raise SystemExit(_as_option(e)) from None
