@@ -152,9 +152,10 @@ class MapAttribution(GradientAttribution):
         attributions = maps.to(x.dtype).expand_as(x).contiguous()
         return (attributions,) if is_tuple else attributions
 
-    def _warn_if_uninformative(self, maps: Tensor) -> None:
-        """Warns when a map (B, 1, h, w), before normalisation, cannot rank pixels."""
-        warn_if_flat(maps, self.get_name(), self._flat_map_hint())
+    def _warn_if_uninformative(self, maps: Tensor) -> Tensor:
+        """Warns when a map (B, 1, h, w), before normalisation, cannot rank pixels; returns which
+        maps are flat."""
+        return warn_if_flat(maps, self.get_name(), self._flat_map_hint())
 
     def _flat_map_hint(self) -> str:
         """What a flat map of this method suggests."""

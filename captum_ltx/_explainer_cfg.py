@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from ._validation import check_choice, check_positive_int
+from ._validation import check_choice, check_nonnegative_number, check_positive_int
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "explainer.safetensors"
@@ -22,16 +21,6 @@ FEATURE_NORMS = ("layer", "image")
 ACCESSES = ("forward_features", "hook")
 LAYOUTS = ("NCHW", "NHWC", "tokens")
 BACKBONE_SOURCES = ("copy", "timm")
-
-
-def check_rate(value: Any, name: str) -> None:
-    if value is not None and (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
 
 
 def check_explainer_options(
@@ -108,7 +97,8 @@ class FinetuningCfg:
         if self.patience is not None:
             check_positive_int(self.patience, "patience")
         for name in ("lr", "backbone_lr", "mask_weight"):
-            check_rate(getattr(self, name), name)
+            if getattr(self, name) is not None:
+                check_nonnegative_number(getattr(self, name), name)
         if self.objective is not None and not isinstance(self.objective, dict):
             raise ValueError(
                 f"`objective` must be a dict of LTXObjective settings, got {self.objective!r}"

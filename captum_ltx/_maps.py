@@ -54,12 +54,14 @@ def flat_rows(maps: Tensor) -> Tensor:
     return span <= FLAT_SPAN * values.abs().amax(dim=1)
 
 
-def warn_if_flat(maps: Tensor, method: str, hint: str = FLAT_MAP_HINT) -> None:
-    """Warns (one line) when a map of the batch is flat (:func:`flat_rows`)."""
-    flat = flat_rows(maps).nonzero()[:, 0].tolist()
+def warn_if_flat(maps: Tensor, method: str, hint: str = FLAT_MAP_HINT) -> Tensor:
+    """Warns (one line) when a map of the batch is flat; returns :func:`flat_rows`."""
+    rows = flat_rows(maps)
+    flat = rows.nonzero()[:, 0].tolist()
     if flat:
         level = float(maps[flat[0]].detach().abs().amax())
         warn_user(
             f"{method}: the map of input(s) {flat} is flat (all values within {FLAT_SPAN:.0%} of "
             f"{level:.3g}), so it ranks no pixel above another; {hint}"
         )
+    return rows

@@ -6,6 +6,7 @@ user learns from the message what to change.
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from collections.abc import Sequence
@@ -174,6 +175,17 @@ def check_positive_int(value: Any, name: str, *, allow_zero: bool = False) -> in
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"`{name}` must be an int >= {low}, got {value!r}")
     return value
+
+
+def check_nonnegative_number(value: Any, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 def warn_user(message: str) -> None:

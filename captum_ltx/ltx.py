@@ -12,9 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ._base import MapAttribution
-from ._explainer_cfg import check_rate
 from ._finetuning import Finetuning, FinetuningPath
-from ._maps import flat_rows
 from ._model import (
     black_in_input_space,
     check_normalization,
@@ -23,6 +21,7 @@ from ._model import (
 from ._validation import (
     check_choice,
     check_images,
+    check_nonnegative_number,
     check_positive_int,
     select_rows,
     warn_user,
@@ -150,7 +149,8 @@ class LTXAttribution(MapAttribution):
             ("mask_weight", mask_weight),
             ("weight_decay", weight_decay),
         ):
-            check_rate(value, name)
+            if value is not None:
+                check_nonnegative_number(value, name)
         self.weight_decay = float(weight_decay)
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
@@ -212,10 +212,10 @@ class LTXAttribution(MapAttribution):
         )
         return {"steps": steps, "objective": objective}
 
-    def _warn_if_uninformative(self, maps: Tensor) -> None:
+    def _warn_if_uninformative(self, maps: Tensor) -> Tensor:
         """Also a mask that is not flat but empty or saturated: it keeps nothing or everything."""
-        super()._warn_if_uninformative(maps)
-        values, told = maps.flatten(1), flat_rows(maps)
+        told = super()._warn_if_uninformative(maps)
+        values = maps.flatten(1)
         for rows, what, hint in (
             (values.amax(dim=1) < 0.05, "empty (below 0.05 everywhere)", self._flat_map_hint()),
             (values.amin(dim=1) > 0.95, "saturated (above 0.95 everywhere)", "raise mask_weight"),
@@ -225,6 +225,7 @@ class LTXAttribution(MapAttribution):
                 warn_user(
                     f"LTX: the mask of input(s) {rows.nonzero()[:, 0].tolist()} is {what}; {hint}"
                 )
+        return told
 
     def _flat_map_hint(self) -> str:
         if self.explainer is not None and self.explainer.pretrained:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._validation import repeat_rows
+from ._validation import check_nonnegative_number, repeat_rows
 from .metrics.perturbation import gaussian_blur
 
 DEFAULT_MASK_WEIGHT = 3.0
@@ -114,14 +114,7 @@ class LTXObjective:
 
     def __post_init__(self) -> None:
         for name in ("mask_weight", "complement_weight", "area_weight", "tv_weight"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not math.isfinite(value)
-                or value < 0
-            ):
-                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}")
+            check_nonnegative_number(getattr(self, name), name)
         if self.baseline not in BASELINES:
             raise ValueError(f"`baseline` must be one of {list(BASELINES)}, got {self.baseline!r}")
         if self.area is not None:

@@ -206,7 +206,8 @@ def run_benchmark(
             _merge_shards(out_dir, samples, plan)
     barrier()
     if rank == 0:
-        _merge_shards(out_dir, samples, plan)
+        if world > 1:  # one process merged in its finally
+            _merge_shards(out_dir, samples, plan)
         summary = summarise(out_dir)
     barrier()
     return os.path.join(out_dir, "summary.md") if rank else summary
