@@ -143,15 +143,11 @@ class LTXAttribution(MapAttribution):
         autocast: bool = False,
     ) -> None:
         super().__init__(forward_func, normalize=False)  # masks are in [0, 1] already
-        for name, value in (
-            ("lr", lr),
-            ("backbone_lr", backbone_lr),
-            ("mask_weight", mask_weight),
-            ("weight_decay", weight_decay),
-        ):
+        rates = {"lr": lr, "backbone_lr": backbone_lr, "mask_weight": mask_weight}
+        for name, value in rates.items():
             if value is not None:
                 check_nonnegative_number(value, name)
-        self.weight_decay = float(weight_decay)
+        self.weight_decay = check_nonnegative_number(weight_decay, "weight_decay")
         self.selection = check_choice(selection, "selection", SELECTIONS)
         self.pos_auc_early_stop = float(pos_auc_early_stop)
         self.batch_size = (
