@@ -121,3 +121,24 @@ def test_a_line_cut_by_an_interruption_does_not_swallow_the_next_record(tmp_path
     (tmp_path / "results.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(first)[:40])  # cut mid-line
     run_benchmark(model, samples(2), {"random": {}}, tmp_path, rise_steps=4, sanity=False, progress=False)
     assert [(r["image"], r["method"]) for r in lines(tmp_path)] == [("img0", "random"), ("img1", "random")]
+
+
+def test_against_reference_places_each_mean_by_the_metric_direction(tmp_path):
+    from captum_ltx.benchmark.report import against_reference
+
+    def record(image, method, **metrics):
+        return json.dumps({"image": image, "method": method, "metrics": metrics}) + "\n"
+
+    rows = []
+    for i, spread in enumerate([-1.0, 0.0, 1.0]):  # the reference's interval: about [9.3, 10.7] on each
+        rows.append(record(f"img{i}", "occlusion", pos_auc=10 + spread, neg_auc=10 + spread, seconds=1.0))
+        rows.append(record(f"img{i}", "low", pos_auc=5.0, neg_auc=5.0, seconds=9.0))
+        rows.append(record(f"img{i}", "level", pos_auc=10.0, neg_auc=10.0 + spread))
+    (tmp_path / "results.jsonl").write_text("".join(rows))
+    verdicts = against_reference(tmp_path, "occlusion")
+    assert verdicts == {
+        "low": {"pos_auc": "better", "neg_auc": "worse"},  # POS: lower is better; NEG: higher is
+        "level": {"pos_auc": "inside", "neg_auc": "inside"},
+    }
+    with pytest.raises(ValueError, match="`reference`: no method 'sobol'"):
+        against_reference(tmp_path, "sobol")

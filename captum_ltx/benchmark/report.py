@@ -104,10 +104,7 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
     with open(os.path.join(out_dir, "config.json")) as f:
         config = json.load(f)
     methods = list(dict.fromkeys(r["method"] for r in records))
-    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        for k, v in r["metrics"].items():
-            values[r["method"]][k].append(v)
+    values = metric_values(records)
     present = [m for m in METRICS if any(m in values[meth] for meth in methods)]
     images = {r["image"] for r in records}
     lines = [
@@ -138,6 +135,45 @@ def summarise(out_dir: str | os.PathLike[str], *, command: str | None = None) ->
         f.write("\n".join(lines) + "\n")
     _plot_curves(records, methods, os.path.join(out_dir, "curves.png"))
     return path
+
+
+def against_reference(
+    out_dir: str | os.PathLike[str], reference: str, metrics: list[str] | None = None
+) -> dict[str, dict[str, str]]:
+    """Where each method's mean falls against ``reference``'s 95% bootstrap interval, per metric of
+    ``metrics`` (default: every metric the reference has but the sanity checks and seconds):
+    ``"better"`` or ``"worse"`` beyond it in the metric's direction, else ``"inside"``; a metric the
+    method lacks is left out."""
+    values = metric_values(load_results(os.fspath(out_dir)))
+    if reference not in values:
+        raise ValueError(f"`reference`: no method {reference!r} in {os.fspath(out_dir)}")
+    skip = {"randomisation", "class_sensitivity", "seconds"}
+    metrics = metrics or [m for m in METRICS if m in values[reference] and m not in skip]
+    verdicts: dict[str, dict[str, str]] = {}
+    for method, by_metric in values.items():
+        if method == reference:
+            continue
+        verdicts[method] = {}
+        for m in metrics:
+            if m not in by_metric:
+                continue
+            low, high = bootstrap_interval(np.asarray(values[reference][m], dtype=float))
+            mean = float(np.mean(by_metric[m]))
+            above, below = mean > high, mean < low
+            if above or below:
+                verdicts[method][m] = "better" if above == METRICS[m][0] else "worse"
+            else:
+                verdicts[method][m] = "inside"
+    return verdicts
+
+
+def metric_values(records: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Each method's per-image values of each metric, methods in the records' order."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for k, v in r["metrics"].items():
+            values[r["method"]][k].append(v)
+    return values
 
 
 def _cells(values: dict[str, list[float]], metrics: list[str]) -> list[str]:
