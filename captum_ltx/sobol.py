@@ -50,7 +50,8 @@ class Sobol(MapAttribution):
     Args:
         forward_func (Callable): the classifier, CNN or ViT (any callable returning logits).
         grid_size (int): cells per side of the mask.
-        n_designs (int): points of the design, a power of two (Sobol sequences balance at powers of two).
+        n_designs (int): points of the design, a power of two (Sobol sequences balance at powers of
+            two), at least 4 unless ``scramble``.
         scramble (bool): scramble the Sobol sequence (Owen scrambling), seeded by ``seed``.
         seed (int): seed of the scrambling.
         internal_batch_size (int): perturbed images per forward pass.
@@ -79,6 +80,13 @@ class Sobol(MapAttribution):
         n_designs = check_positive_int(n_designs, "n_designs")
         if n_designs & (n_designs - 1) or n_designs < 2:
             raise ValueError(f"`n_designs` must be a power of two >= 2, got {n_designs}")
+        if n_designs == 2 and not scramble:
+            # the first two points of an unscrambled Sobol sequence are 0 and 0.5 in every
+            # dimension, so B's columns equal A's, every C_i is A and every index comes out 0
+            raise ValueError(
+                "`n_designs`=2 gives every cell an index of 0 without scrambling: "
+                "use n_designs >= 4, or scramble=True"
+            )
         self.n_designs = n_designs
         self.masks = replicated_design(
             grid_size**2, n_designs, scramble=bool(scramble), seed=int(seed)

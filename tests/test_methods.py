@@ -387,6 +387,11 @@ def test_sobol_options_are_checked():
         Sobol(tiny_cnn(), n_designs=48)
     with pytest.raises(ValueError, match="`grid_size` must be an int >= 1"):
         Sobol(tiny_cnn(), grid_size=0)
+    with pytest.raises(ValueError, match="`n_designs`=2 gives every cell an index of 0 without scrambling"):
+        Sobol(tiny_cnn(), n_designs=2)
+    weights = torch.tensor([[0.0, 1.0], [2.0, 3.0]], dtype=torch.float64)
+    two = Sobol(WeightedPixels(weights), grid_size=2, n_designs=2, scramble=True, normalize=False)
+    assert two.attribute(torch.ones(1, 3, 2, 2, dtype=torch.float64), target=0).abs().sum() > 0
     scrambled = [Sobol(tiny_cnn(), grid_size=2, n_designs=4, scramble=True, seed=s).masks for s in (1, 1, 2)]
     assert torch.equal(scrambled[0], scrambled[1]) and not torch.equal(scrambled[0], scrambled[2])
 
