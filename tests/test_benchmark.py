@@ -134,6 +134,8 @@ def test_against_reference_places_each_mean_by_the_metric_direction(tmp_path):
         rows.append(record(f"img{i}", "occlusion", pos_auc=10 + spread, neg_auc=10 + spread, seconds=1.0))
         rows.append(record(f"img{i}", "low", pos_auc=5.0, neg_auc=5.0, seconds=9.0))
         rows.append(record(f"img{i}", "level", pos_auc=10.0, neg_auc=10.0 + spread))
+    rows.append(record("img3", "occlusion", miou=0.5))  # on one image only: no interval to compare with
+    rows.append(record("img3", "low", miou=0.1))
     (tmp_path / "results.jsonl").write_text("".join(rows))
     verdicts = against_reference(tmp_path, "occlusion")
     assert verdicts == {

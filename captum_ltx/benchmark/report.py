@@ -143,7 +143,7 @@ def against_reference(
     """Where each method's mean falls against ``reference``'s 95% bootstrap interval, per metric of
     ``metrics`` (default: every metric the reference has but the sanity checks and seconds):
     ``"better"`` or ``"worse"`` beyond it in the metric's direction, else ``"inside"``; a metric the
-    method lacks is left out."""
+    method lacks, or that the reference has on fewer than two images (no interval), is left out."""
     values = metric_values(load_results(os.fspath(out_dir)))
     if reference not in values:
         raise ValueError(f"`reference`: no method {reference!r} in {os.fspath(out_dir)}")
@@ -155,7 +155,7 @@ def against_reference(
             continue
         verdicts[method] = {}
         for m in metrics:
-            if m not in by_metric:
+            if m not in by_metric or len(values[reference][m]) < 2:
                 continue
             low, high = bootstrap_interval(np.asarray(values[reference][m], dtype=float))
             mean = float(np.mean(by_metric[m]))
