@@ -16,9 +16,9 @@ import numpy as np
 
 from captum_ltx.benchmark.report import (
     METRICS,
-    PERCENT_SCALE,
     against_reference,
     bootstrap_interval,
+    format_value,
     load_results,
     metric_values,
 )
@@ -39,20 +39,17 @@ def main() -> None:
         parser.error(f"--methods: no method {', '.join(unknown)} in {args.run}")
     metrics = [m for m in METRICS if any(m in verdicts[meth] for meth in methods)]
 
-    def number(metric: str, value: float) -> str:
-        return f"{value:.{1 if metric in PERCENT_SCALE else 3}f}"
-
     print(f"| metric | {args.reference} | " + " | ".join(methods) + " |")
     print("|---" * (len(methods) + 2) + "|")
     for m in metrics:
         ref = np.asarray(values[args.reference][m], dtype=float)
         low, high = bootstrap_interval(ref)
         cells = [
-            f"{number(m, float(np.mean(values[meth][m])))} {verdicts[meth][m]}" if m in verdicts[meth] else ""
+            f"{format_value(m, float(np.mean(values[meth][m])))} {verdicts[meth][m]}" if m in verdicts[meth] else ""
             for meth in methods
         ]
         arrow = "↑" if METRICS[m][0] else "↓"
-        print(f"| {m} {arrow} | {number(m, ref.mean())} [{number(m, low)}, {number(m, high)}] | " + " | ".join(cells) + " |")
+        print(f"| {m} {arrow} | {format_value(m, ref.mean())} [{format_value(m, low)}, {format_value(m, high)}] | " + " | ".join(cells) + " |")
     print()
     counts = {
         meth: (

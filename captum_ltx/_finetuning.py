@@ -215,13 +215,14 @@ class FinetuningPath:
         if first.selection == "pos_auc":
             stopped = sum(int((p.unchanged() & (p.seen == 1)).sum()) for p in paths)
         unchanged_count = int(unchanged.sum())
-        why = [
-            f"{stopped} scored below pos_auc_early_stop={first.pos_auc_early_stop} at once, which "
-            "stops finetuning"
-        ] * bool(stopped)
-        why += [f"{unchanged_count - stopped} found no later mask scoring better"] * bool(
-            unchanged_count - stopped
-        )
+        why = []
+        if stopped:
+            why.append(
+                f"{stopped} scored below pos_auc_early_stop={first.pos_auc_early_stop} at once, "
+                "which stops finetuning"
+            )
+        if unchanged_count > stopped:
+            why.append(f"{unchanged_count - stopped} found no later mask scoring better")
         warn_user(
             f"LTX: {unchanged_count} of {len(unchanged)} image(s) got the explainer's mask before "
             f"any finetuning (pLTX): with selection={first.selection!r}, {' and '.join(why)}"

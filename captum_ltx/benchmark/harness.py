@@ -79,7 +79,10 @@ def _merge_shards(out_dir: str, samples: list[Sample], plan: dict[str, Any]) -> 
     results = os.path.join(out_dir, RESULTS)
     records = read_records(results, missing_ok=True) + new
     latest = latest_records(records)
-    written = sum(1 for _ in open(results)) if os.path.isfile(results) else 0
+    written = 0
+    if os.path.isfile(results):
+        with open(results) as f:
+            written = sum(1 for _ in f)
     if len(latest) == written and not shards:  # no duplicate, no line cut by an interruption
         return
     with open(results + ".tmp", "w") as f:

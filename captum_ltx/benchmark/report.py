@@ -149,15 +149,19 @@ def against_reference(
         raise ValueError(f"`reference`: no method {reference!r} in {os.fspath(out_dir)}")
     skip = {"randomisation", "class_sensitivity", "seconds"}
     metrics = metrics or [m for m in METRICS if m in values[reference] and m not in skip]
+    bounds = {
+        m: bootstrap_interval(np.asarray(values[reference][m], dtype=float))
+        for m in metrics
+        if len(values[reference][m]) >= 2
+    }
     verdicts: dict[str, dict[str, str]] = {}
     for method, by_metric in values.items():
         if method == reference:
             continue
         verdicts[method] = {}
-        for m in metrics:
-            if m not in by_metric or len(values[reference][m]) < 2:
+        for m, (low, high) in bounds.items():
+            if m not in by_metric:
                 continue
-            low, high = bootstrap_interval(np.asarray(values[reference][m], dtype=float))
             mean = float(np.mean(by_metric[m]))
             above, below = mean > high, mean < low
             if above or below:
@@ -176,19 +180,26 @@ def metric_values(records: list[dict[str, Any]]) -> dict[str, dict[str, list[flo
     return values
 
 
+def format_value(metric: str, value: float) -> str:
+    """A value of ``metric`` as the summaries print it (1 decimal on the x100 scales, else 3)."""
+    return f"{value:.{1 if metric in PERCENT_SCALE else 3}f}"
+
+
 def _cells(values: dict[str, list[float]], metrics: list[str]) -> list[str]:
     """One method's row: each metric's mean [95% bootstrap interval] (n images)."""
     cells = []
     for m in metrics:
         v = np.asarray(values.get(m, []), dtype=float)
-        digits = 1 if m in PERCENT_SCALE else 3
         if len(v) == 0:
             cells.append("")
         elif len(v) < 2:  # no interval from one image
-            cells.append(f"{v.mean():.{digits}f} ({len(v)})")
+            cells.append(f"{format_value(m, v.mean())} ({len(v)})")
         else:
             low, high = bootstrap_interval(v)
-            cells.append(f"{v.mean():.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] ({len(v)})")
+            cells.append(
+                f"{format_value(m, v.mean())} [{format_value(m, low)}, {format_value(m, high)}] "
+                f"({len(v)})"
+            )
     return cells
 
 
